@@ -1,0 +1,213 @@
+"""Auto-PGD (Croce & Hein 2020) for l-inf and l2, and APGD-l1 ("Mind the box", 2021).
+
+`apgd` with its defaults is the training attack of E-AT (paper, Appendix A): 10 iterations,
+no random start, momentum 0.75, initial l1 sparsity 0.05. `EVALUATION` holds the
+evaluation budget (100 iterations, random start, l1 sparsity 0.2, misclassified points kept)
+and `apgd_targeted` runs APGD-T, the targeted DLR attack over the top target classes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from .balls import Ball, make_ball
+from .guards import check_batch, check_labels, eval_mode
+from .losses import get_loss
+from .schedules import AttackState
+
+__all__ = ['APGDConfig', 'EVALUATION', 'apgd', 'apgd_targeted']
+
+_KEEP = ('loss', 'misclassified')
+
+
+@dataclass(frozen=True)
+class APGDConfig:
+    """Settings of one APGD attack. Defaults: the training attack of the paper."""
+    n_iter: int = 10
+    loss: str = 'ce'               # 'ce', 'dlr', 'dlr-targeted', 'ce-targeted'
+    random_start: bool = False
+    n_restarts: int = 1
+    momentum: float = 0.75         # weight of the new step; 1 - momentum goes to the last one
+    rho: float = 0.75              # l-inf/l2: halve the step if the loss rose in <= rho of the steps
+    l1_sparsity: float = 0.05      # l1: initial fraction of coordinates moved per step
+    keep: str = 'loss'             # 'loss': highest-loss iterate; 'misclassified': prefer a misclassified one
+    seed: int | None = None        # seeds the random start
+
+    def __post_init__(self):
+        if isinstance(self.n_iter, bool) or not isinstance(self.n_iter, int) or self.n_iter < 1:
+            raise ValueError(f"n_iter must be an integer >= 1, got {self.n_iter!r}")
+        if isinstance(self.n_restarts, bool) or not isinstance(self.n_restarts, int) or self.n_restarts < 1:
+            raise ValueError(f"n_restarts must be an integer >= 1, got {self.n_restarts!r}")
+        if self.n_restarts > 1 and not self.random_start:
+            raise ValueError("n_restarts > 1 needs random_start=True: without it every restart is identical")
+        get_loss(self.loss)
+        for name in ('momentum', 'rho', 'l1_sparsity'):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+        if self.keep not in _KEEP:
+            raise ValueError(f"keep must be one of {_KEEP}, got {self.keep!r}")
+
+    @classmethod
+    def from_options(cls, **options) -> 'APGDConfig':
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"unknown APGD option(s) {unknown}; known: {sorted(known)}")
+        return cls(**options)
+
+
+# AutoAttack's budget for APGD-CE / APGD-T (Croce & Hein 2020; l1: "Mind the box").
+EVALUATION = dict(n_iter=100, random_start=True, l1_sparsity=0.2, keep='misclassified')
+
+
+def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+@dataclass
+class _RunResult:
+    x_best: torch.Tensor           # (B, ...) highest-loss iterate
+    loss_best: torch.Tensor        # (B,)
+    correct: torch.Tensor          # (B,) bool, correct at every iterate
+    x_misclassified: torch.Tensor  # (B, ...) last misclassified iterate (x_best where none)
+
+    def output(self, keep: str) -> torch.Tensor:
+        return self.x_best if keep == 'loss' else self.x_misclassified
+
+
+def _single_run(model, x, y, ball: Ball, cfg: APGDConfig, y_target, generator) -> _RunResult:
+    """One APGD run; x, y already checked; model in eval mode; grad enabled."""
+    loss_fn = get_loss(cfg.loss)[0]
+
+    def evaluate(x_adv, need_grad=True, check=False):
+        x_adv = x_adv.detach().requires_grad_(need_grad)
+        with torch.set_grad_enabled(need_grad):
+            logits = model(x_adv)
+            if check:
+                check_labels(y, logits)
+            loss = loss_fn(logits, y, y_target)
+        # autograd.grad w.r.t. the input only: parameter .grad stays untouched
+        grad = torch.autograd.grad(loss.sum(), x_adv)[0].detach() if need_grad else None
+        return logits.detach(), loss.detach(), grad
+
+    x_adv = ball.random_start(x, generator) if cfg.random_start else x.clone()
+    logits, loss, grad = evaluate(x_adv, check=True)
+    correct = logits.argmax(dim=1) == y
+    x_misclassified = x_adv.clone()
+    base_step = ball.step_scale * ball.eps
+    state = AttackState(x_adv=x_adv, grad=grad, loss=loss, x_best=x_adv.clone(), grad_best=grad.clone(),
+                        loss_best=loss.clone(),
+                        step_size=torch.full((x.shape[0],) + (1,) * (x.dim() - 1), base_step,
+                                             device=x.device, dtype=x.dtype))
+    schedule = ball.step_schedule(cfg.n_iter, cfg)
+    schedule.start(x, state, base_step)
+    x_prev = state.x_adv
+    for i in range(cfg.n_iter):
+        with torch.no_grad():
+            x_new = ball.project(x, state.x_adv + state.step_size * ball.direction(state.grad, state.sparsity))
+            if ball.uses_momentum and i > 0:  # the first step has no previous step to carry on
+                a = cfg.momentum
+                x_new = ball.project(x, state.x_adv + a * (x_new - state.x_adv) + (1 - a) * (state.x_adv - x_prev))
+            x_prev, state.x_adv = state.x_adv, x_new
+        last = i == cfg.n_iter - 1
+        logits, state.loss, grad = evaluate(state.x_adv, need_grad=not last)  # no backward after the last step
+        if grad is not None:
+            state.grad = grad
+        wrong = logits.argmax(dim=1) != y
+        correct &= ~wrong
+        x_misclassified = torch.where(_rows(wrong, x), state.x_adv, x_misclassified)
+        improved = state.loss > state.loss_best
+        state.x_best = torch.where(_rows(improved, x), state.x_adv, state.x_best)
+        state.grad_best = torch.where(_rows(improved, x), state.grad, state.grad_best)
+        state.loss_best = torch.where(improved, state.loss, state.loss_best)
+        if not last:
+            schedule.update(state)
+    x_misclassified = torch.where(_rows(correct, x), state.x_best, x_misclassified)
+    return _RunResult(state.x_best, state.loss_best, correct, x_misclassified)
+
+
+def _generator(seed, device):
+    if seed is None:
+        return None
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def _run_restarts(model, x, y, ball, cfg, y_target):
+    generator = _generator(cfg.seed, x.device)
+    out = _single_run(model, x, y, ball, cfg, y_target, generator)
+    x_adv, loss_best, correct = out.output(cfg.keep), out.loss_best, out.correct
+    for _ in range(cfg.n_restarts - 1):
+        # highest loss: every example may still improve; misclassified: only robust ones need more
+        idx = torch.arange(x.shape[0], device=x.device) if cfg.keep == 'loss' else correct.nonzero()[:, 0]
+        if idx.numel() == 0:
+            break
+        run = _single_run(model, x[idx], y[idx], ball, cfg, None if y_target is None else y_target[idx], generator)
+        better = run.loss_best > loss_best[idx] if cfg.keep == 'loss' else ~run.correct
+        x_adv[idx] = torch.where(_rows(better, x), run.output(cfg.keep), x_adv[idx])
+        loss_best[idx] = torch.where(better, run.loss_best, loss_best[idx])
+        correct[idx] &= run.correct
+    return x_adv, correct
+
+
+def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, n_iter: int = 10,
+         *, y_target: torch.Tensor | None = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """APGD in the `norm` ball of radius `eps` around x, intersected with [0,1].
+
+    x: (B, ...) inputs in [0,1]; y: (B,) labels; norm: 'linf', 'l2' or 'l1'.
+    options: the fields of `APGDConfig` (defaults: the paper's training attack).
+    Returns (x_adv, correct): the highest-loss point per example (or, with
+    keep='misclassified', a misclassified one where found) and a (B,) bool tensor, True where
+    the example was classified correctly at every iterate, start included. The flag comes
+    from the attack's own forward passes: n_iter + 1 forwards and n_iter backwards per run.
+    The model's train/eval flags are restored, parameter gradients and x are left untouched.
+    """
+    cfg = APGDConfig.from_options(n_iter=n_iter, **options)
+    ball = make_ball(norm, eps)
+    check_batch(x, y)
+    needs_target = get_loss(cfg.loss)[1]
+    if needs_target and y_target is None:
+        raise ValueError(f"loss {cfg.loss!r} needs y_target")
+    if x.shape[0] == 0:
+        return x.detach().clone(), torch.zeros(0, dtype=torch.bool, device=x.device)
+    x, y = x.detach(), y.detach().long()
+    y_target = None if y_target is None else y_target.detach().long()
+    with eval_mode(model), torch.enable_grad():
+        return _run_restarts(model, x, y, ball, cfg, y_target)
+
+
+def apgd_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float,
+                  n_iter: int = 100, n_target_classes: int = 9, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """APGD-T: targeted DLR attacks towards the 2nd, 3rd, ... most likely clean classes, each
+    run on the examples still robust. Defaults: AutoAttack's evaluation budget.
+
+    Returns (x_adv, correct): a misclassified point where one was found (x itself where the
+    example is robust or already misclassified clean) and the per-example robustness flag.
+    """
+    options = {**EVALUATION, 'loss': 'dlr-targeted', **options, 'n_iter': n_iter, 'keep': 'misclassified'}
+    check_batch(x, y)
+    if n_target_classes < 1:
+        raise ValueError(f"n_target_classes must be >= 1, got {n_target_classes}")
+    x, y = x.detach(), y.detach().long()
+    with eval_mode(model), torch.no_grad():
+        logits = model(x)
+    check_labels(y, logits)
+    n_classes = logits.shape[1]
+    min_classes = get_loss(options['loss'])[2]
+    if n_classes < min_classes:
+        raise ValueError(f"loss {options['loss']!r} needs at least {min_classes} classes, the model has {n_classes}")
+    ranking = logits.argsort(dim=1, descending=True)       # (B, K)
+    correct = ranking[:, 0] == y
+    x_adv = x.clone()
+    for rank in range(1, min(n_target_classes, n_classes - 1) + 1):
+        idx = correct.nonzero()[:, 0]
+        if idx.numel() == 0:
+            break
+        x_r, c_r = apgd(model, x[idx], y[idx], norm, eps, y_target=ranking[idx, rank], **options)
+        x_adv[idx] = torch.where(_rows(c_r, x), x_adv[idx], x_r)
+        correct[idx] = c_r
+    return x_adv, correct

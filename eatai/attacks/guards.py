@@ -1,0 +1,57 @@
+"""What every attack checks and restores: valid inputs, eval mode, untouched model state."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+__all__ = ['eval_mode', 'check_batch', 'check_labels']
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Put every module in eval mode (BatchNorm statistics frozen, dropout off) and restore
+    each module's own train/eval flag afterwards, even if the attack raises."""
+    flags = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
+    if isinstance(model, nn.Module):
+        model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Raise ValueError unless x is a float batch in [0,1] and y matching integer labels."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"x and y must be torch tensors, got {type(x).__name__} and {type(y).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor in [0,1], got dtype {x.dtype}: divide uint8 images by 255")
+    if x.dim() < 2:
+        raise ValueError(f"x must be a batch (B, ...), got shape {tuple(x.shape)}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if x.numel() == 0:
+        return
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or infinite values")
+    lo, hi = x.min().item(), x.max().item()
+    if lo < 0 or hi > 1:
+        raise ValueError(
+            f"inputs must lie in [0,1] pixel space (got min {lo:.3g}, max {hi:.3g}): eps is measured there. "
+            "If the data are normalised, remove Normalize from the data pipeline and put the "
+            "normalisation inside the model instead.")
+    if int(y.min()) < 0:
+        raise ValueError(f"labels must be >= 0, got {int(y.min())}")
+
+
+def check_labels(y: torch.Tensor, logits: torch.Tensor) -> None:
+    """Raise ValueError if the model's output is not (B, K) logits covering the labels."""
+    if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
+        raise ValueError(f"the model must return logits of shape ({y.shape[0]}, n_classes), got {tuple(logits.shape)}")
+    if y.numel() and int(y.max()) >= logits.shape[1]:
+        raise ValueError(f"label {int(y.max())} is out of range for a model with {logits.shape[1]} outputs")

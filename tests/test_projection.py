@@ -1,0 +1,123 @@
+"""The l1-ball-and-box projection against independent solvers."""
+import numpy as np
+import pytest
+import torch
+
+from eatai.attacks import l1_box_projection
+
+
+def bisection_projection(x, z, eps, n_steps=200):
+    """Independent reference in float64: bisection on the multiplier of the l1 constraint."""
+    lo_box, hi_box = -x, 1 - x
+
+    def point(lam):
+        return np.clip(np.sign(z) * np.maximum(np.abs(z) - lam, 0), lo_box, hi_box)
+
+    if np.abs(point(0.0)).sum() <= eps:
+        return point(0.0)
+    lo, hi = 0.0, np.abs(z).max()
+    for _ in range(n_steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if np.abs(point(mid)).sum() > eps else (lo, mid)
+    return point(hi)
+
+
+def random_case(batch, shape, scale, seed, density=1.0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, *shape, generator=g, dtype=torch.float64)
+    x[:, ..., 0] = 0.0                              # pixels on the box boundary
+    x.view(batch, -1)[:, 1] = 1.0
+    delta = scale * torch.randn(batch, *shape, generator=g, dtype=torch.float64)
+    delta.view(batch, -1)[:, 2:5] = 0.0              # some coordinates that do not move
+    delta *= torch.rand(batch, *shape, generator=g, dtype=torch.float64) < density
+    delta[0] *= torch.rand(shape, generator=g, dtype=torch.float64) < 0.3   # rows of different sparsity
+    return x, delta
+
+
+@pytest.mark.parametrize('shape, eps, scale, density', [
+    ((5,), 0.7, 1.0, 1.0), ((7,), 2.0, 0.5, 1.0), ((3, 32, 32), 12.0, 0.3, 1.0), ((3, 32, 32), 12.0, 0.01, 1.0),
+    ((3, 32, 32), 3.0, 1.0, 1.0), ((3, 32, 32), 12.0, 0.3, 0.1), ((3, 32, 32), 2.0, 0.3, 0.02), ((9,), 0.5, 1.0, 0.3)])
+def test_matches_bisection(shape, eps, scale, density):
+    """Dense and sparse perturbations (the sparse ones take the compacted path)."""
+    x, delta = random_case(4, shape, scale, seed=len(shape) + int(eps), density=density)
+    ours = l1_box_projection(x, delta, eps).numpy()
+    for i in range(x.shape[0]):
+        ref = bisection_projection(x[i].numpy().ravel(), delta[i].numpy().ravel(), eps)
+        assert np.abs(ours[i].ravel() - ref).max() < 1e-9
+
+
+def test_float32_cifar_matches_bisection_to_float_error():
+    x, delta = random_case(8, (3, 32, 32), 0.3, seed=3)
+    ours = l1_box_projection(x.float(), delta.float(), 12.0).double().numpy()
+    for i in range(x.shape[0]):
+        ref = bisection_projection(x[i].float().double().numpy().ravel(), delta[i].float().double().numpy().ravel(), 12.0)
+        assert np.abs(ours[i].ravel() - ref).max() < 1e-5
+
+
+def test_matches_autoattack_projection():
+    from pyautoattack.autopgd_base import L1_projection
+    x, delta = random_case(6, (3, 16, 16), 0.3, seed=5)
+    x, delta = x.float(), delta.float()
+    theirs = delta + L1_projection(x, delta, 5.0)
+    ours = l1_box_projection(x, delta, 5.0)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_result_is_feasible_and_idempotent():
+    x, delta = random_case(16, (3, 8, 8), 0.5, seed=7)
+    eps = torch.linspace(0.1, 20, 16, dtype=torch.float64)
+    p = l1_box_projection(x, delta, eps)
+    assert torch.all(p.flatten(1).abs().sum(1) <= eps * (1 + 1e-12))
+    assert torch.all(x + p >= 0) and torch.all(x + p <= 1)
+    assert torch.equal(l1_box_projection(x, p, eps), p)
+
+
+def test_points_inside_are_unchanged():
+    x, delta = random_case(4, (3, 8, 8), 0.01, seed=11)
+    delta = (x + delta).clamp(0, 1) - x  # in the box
+    eps = delta.flatten(1).abs().sum(1) + 0.5
+    assert torch.equal(l1_box_projection(x, delta, eps), delta)
+
+
+def test_eps_larger_than_box_allows_gives_the_box_clip():
+    x, delta = random_case(3, (3, 4, 4), 5.0, seed=13)
+    clipped = (x + delta).clamp(0, 1) - x
+    assert torch.allclose(l1_box_projection(x, delta, 1e6), clipped)
+
+
+def test_zero_delta_and_empty_batch():
+    x = torch.rand(2, 3, 4, 4)
+    assert torch.equal(l1_box_projection(x, torch.zeros_like(x), 1.0), torch.zeros_like(x))
+    e = torch.zeros(0, 3, 4, 4)
+    assert l1_box_projection(e, e, 1.0).shape == e.shape
+
+
+def test_optimality_against_random_feasible_points():
+    """No feasible point is closer to delta than the projection (a necessary condition)."""
+    x, delta = random_case(1, (20,), 0.5, seed=17)
+    eps = 1.5
+    p = l1_box_projection(x, delta, eps)[0]
+    best = (p - delta[0]).norm()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2000):
+        v = p + 0.05 * torch.randn(20, generator=g, dtype=torch.float64)
+        v = (x[0] + v).clamp(0, 1) - x[0]
+        if v.abs().sum() <= eps:
+            assert (v - delta[0]).norm() >= best - 1e-12
+
+
+def test_keeps_dtype_and_shape_and_does_not_modify_inputs():
+    x, delta = torch.rand(2, 1, 5, 7), torch.randn(2, 1, 5, 7)
+    x0, d0 = x.clone(), delta.clone()
+    p = l1_box_projection(x, delta, 2.0)
+    assert p.shape == delta.shape and p.dtype == delta.dtype
+    assert torch.equal(x, x0) and torch.equal(delta, d0)
+    assert l1_box_projection(x, delta.to(torch.bfloat16), 2.0).dtype == torch.bfloat16
+
+
+def test_bad_input():
+    x = torch.rand(2, 3)
+    with pytest.raises(ValueError, match='shape'):
+        l1_box_projection(x, torch.rand(2, 4), 1.0)
+    with pytest.raises(ValueError, match='eps'):
+        l1_box_projection(x, torch.rand(2, 3), 0.0)
