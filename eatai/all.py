@@ -1,0 +1,20 @@
+"""`from eatai.all import *`: the public API for notebooks and scripts."""
+from fastai.torch_core import set_seed
+
+from .attacks import apgd, apgd_targeted, l1_box_projection
+from .callbacks import EAT, AdversarialTraining, AttackSettings, SingleNorm, Strategy, make_strategy
+from .data import CIFAR10_CLASSES, arrays_dls, cifar10_dls, load_sample, sample_dls
+from .evaluate import EvalBudget, RobustResult, evaluate_robustness
+from .finetune import finetune_schedule, piecewise_schedule, set_adversary
+from .geometry import hull_covers, hull_radius, union_radius
+from .learner import RobustLearner, paper_sgd, robust_learner
+from .models import Normalized, build_model, load_checkpoint, save_checkpoint
+from .report import print_results, results_table, results_text
+from .threats import NORMS, ThreatModel, default_threats, parse_threat
+
+__all__ = ['apgd', 'apgd_targeted', 'l1_box_projection', 'EAT', 'AdversarialTraining', 'AttackSettings', 'SingleNorm',
+           'Strategy', 'make_strategy', 'CIFAR10_CLASSES', 'arrays_dls', 'cifar10_dls', 'load_sample', 'sample_dls',
+           'EvalBudget', 'RobustResult', 'evaluate_robustness', 'finetune_schedule', 'piecewise_schedule',
+           'set_adversary', 'hull_covers', 'hull_radius', 'union_radius', 'RobustLearner', 'paper_sgd',
+           'robust_learner', 'Normalized', 'build_model', 'load_checkpoint', 'save_checkpoint', 'print_results',
+           'results_table', 'results_text', 'NORMS', 'ThreatModel', 'default_threats', 'parse_threat', 'set_seed']

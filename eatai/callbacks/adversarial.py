@@ -1,0 +1,152 @@
+"""The adversarial-training callback: training batches become adversarial, validation stays clean."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+import torch
+from fastai.callback.core import Callback
+from fastai.callback.fp16 import MixedPrecision
+from fastai.learner import Metric
+from fastcore.foundation import L
+
+from ..attacks import APGDConfig, apgd
+from ..threats import NORMS, canonical_norm, default_eps, parse_threat
+from .strategies import Strategy, make_strategy
+
+__all__ = ['AttackSettings', 'AdversarialTraining', 'EpochStat']
+
+
+@dataclass
+class AttackSettings:
+    """Radius and number of APGD steps per norm for the training attacks (paper, App. A)."""
+    eps: dict = field(default_factory=lambda: {n: default_eps(n, 'cifar10') for n in NORMS})
+    n_iter: dict = field(default_factory=lambda: {n: 10 for n in NORMS})
+    apgd_options: dict = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, dataset: str = 'cifar10', eps=None, n_iter=10, **apgd_options) -> 'AttackSettings':
+        """eps: None (the dataset's radii), {norm: eps} or threat strings like ['l1:12'];
+        n_iter: one number for every norm or {norm: steps} (e.g. {'linf': 5, 'l1': 15})."""
+        radii = {n: default_eps(n, dataset) for n in NORMS}
+        if isinstance(eps, dict):
+            radii.update({canonical_norm(n): parse_threat(f'{n}:{e}').eps for n, e in eps.items()})
+        elif eps is not None:
+            for threat in ([eps] if isinstance(eps, str) else eps):
+                tm = parse_threat(threat, dataset)
+                radii[tm.norm] = tm.eps
+        steps = {n: 10 for n in NORMS}
+        if isinstance(n_iter, dict):
+            steps.update({canonical_norm(n): v for n, v in n_iter.items()})
+        else:
+            steps = {n: n_iter for n in NORMS}
+        for n, v in steps.items():
+            APGDConfig.from_options(n_iter=v, **apgd_options)   # fail now, not mid-epoch
+        return cls(radii, steps, dict(apgd_options))
+
+    def attack(self, model, x, y, norm: str):
+        """The training attack in `norm`: (x_adv, correct at every iterate)."""
+        return apgd(model, x, y, norm, self.eps[norm], self.n_iter[norm], **self.apgd_options)
+
+    def describe(self, norms) -> str:
+        return ', '.join(f"{n}:{self.eps[n]:.4g} ({self.n_iter[n]} steps)" for n in norms)
+
+
+class EpochStat(Metric):
+    """A column in fastai's progress table and recorder: a training statistic of the epoch."""
+
+    def __init__(self, cb: 'AdversarialTraining', key: str):
+        self.cb, self.key = cb, key
+
+    def reset(self):
+        pass
+
+    def accumulate(self, learn):
+        pass
+
+    @property
+    def value(self):
+        return self.cb.epoch_stats.get(self.key, math.nan)
+
+    @property
+    def name(self):
+        return self.key
+
+
+class AdversarialTraining(Callback):
+    """Swap each training batch for its adversarial version, chosen by a strategy.
+
+    Per epoch it reports, for each norm the strategy attacks in, the share of batches in that
+    norm (`freq_<norm>`), the robust training error of those attacks (`rerr_<norm>`) and the
+    training loss on them (`loss_<norm>`), as fastai metric columns; `history` keeps them.
+    """
+    # Before MixedPrecision (order 10) opens autocast: the attack runs in full precision.
+    order, run_valid = MixedPrecision.order - 1, False
+
+    def __init__(self, strategy='eat', settings: AttackSettings | None = None, show_stats: bool = True):
+        self.strategy: Strategy = make_strategy(strategy)
+        self.settings = settings or AttackSettings.build()
+        self.show_stats = show_stats
+        self.history: list[dict] = []
+        self.epoch_stats: dict = {}
+
+    @property
+    def stat_names(self) -> list:
+        norms = self.strategy.norms
+        freq = [f'freq_{n}' for n in norms] if len(norms) > 1 else []
+        return freq + [f'rerr_{n}' for n in norms] + [f'loss_{n}' for n in norms]
+
+    def before_fit(self):
+        kept = L(m for m in self.learn.metrics if not isinstance(m, EpochStat))  # stale columns of a crashed fit
+        self.learn.metrics = kept + (L(EpochStat(self, k) for k in self.stat_names) if self.show_stats else L())
+
+    def after_fit(self):
+        self.learn.metrics = L(m for m in self.learn.metrics if not isinstance(m, EpochStat))
+
+    def before_train(self):
+        self._counts = defaultdict(lambda: {'batches': 0, 'examples': 0, 'errors': 0.0, 'loss': 0.0, 'loss_n': 0})
+        self._n_batches = 0
+
+    def before_batch(self):
+        if len(self.xb) != 1 or len(self.yb) != 1:
+            raise ValueError(f"adversarial training expects one input and one target per batch, got {len(self.xb)} and {len(self.yb)}")
+        batch = self.strategy.perturb(self.settings.attack, self.model, self.xb[0], self.yb[0])
+        self.learn.xb, self.learn.yb = (batch.x,), (batch.y,)
+        self._batch = batch
+        self._n_batches += 1
+        for norm, correct in batch.robust.items():
+            c = self._counts[norm]
+            c['batches'] += 1
+            c['examples'] += correct.numel()
+            c['errors'] += (~correct).sum()  # a tensor: no device sync per batch
+
+    def after_loss(self):
+        norm = self._batch.norm
+        if norm is not None:
+            n = self._batch.y.shape[0]
+            self._counts[norm]['loss'] += self.learn.loss.detach() * n
+            self._counts[norm]['loss_n'] += n
+
+    def after_train(self):
+        stats = {}
+        for norm in self.strategy.norms:
+            c = self._counts[norm]
+            stats[f'freq_{norm}'] = c['batches'] / max(self._n_batches, 1)
+            stats[f'rerr_{norm}'] = float(c['errors']) / c['examples'] if c['examples'] else math.nan
+            stats[f'loss_{norm}'] = float(c['loss']) / c['loss_n'] if c['loss_n'] else math.nan
+        stats.update(self.strategy.stats())
+        self.epoch_stats = stats
+        self.history.append({'epoch': self.epoch, **stats})
+
+    def state_dict(self) -> dict:
+        """What a saved learner keeps of the adversarial training (see `RobustLearner.save`)."""
+        return {'strategy': self.strategy.name, 'strategy_state': self.strategy.state_dict(),
+                'settings': asdict(self.settings), 'history': list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state['strategy'] != self.strategy.name:
+            self.strategy = make_strategy(state['strategy'])
+        self.strategy.load_state_dict(state['strategy_state'])
+        self.settings = AttackSettings(**state['settings'])
+        self.history = list(state['history'])

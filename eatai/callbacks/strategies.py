@@ -1,0 +1,155 @@
+"""Strategies: which threat model(s) each training batch is attacked in.
+
+A strategy turns a clean batch into the batch the model trains on and reports, per norm it
+attacked in, whether each example stayed correct at every attack iterate. The one
+adversarial-training callback (`adversarial.py`) runs any of them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..threats import canonical_norm
+
+__all__ = ['AdversarialBatch', 'RunningMean', 'Strategy', 'SingleNorm', 'EAT', 'STRATEGIES', 'make_strategy']
+
+# attack(model, x, y, norm) -> (x_adv, correct)
+Attack = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, str], tuple]
+
+
+@dataclass
+class AdversarialBatch:
+    """The batch to train on, with the per-norm robustness flags of the attacks behind it."""
+    x: torch.Tensor
+    y: torch.Tensor
+    robust: dict            # norm -> (B,) bool, correct at every iterate of that attack
+    norm: str | None = None  # the one norm the batch was trained on, when there is one
+
+
+class RunningMean:
+    """Exponential moving average with bias correction (as fastai smooths the loss)."""
+
+    def __init__(self, beta: float = 0.98):
+        if not 0 <= beta < 1:
+            raise ValueError(f"beta must be in [0, 1), got {beta!r}")
+        self.beta, self.avg, self.count = beta, 0.0, 0
+
+    def update(self, value: float) -> None:
+        self.count += 1
+        self.avg = self.beta * self.avg + (1 - self.beta) * float(value)
+
+    @property
+    def value(self) -> float:
+        return math.nan if self.count == 0 else self.avg / (1 - self.beta ** self.count)
+
+    def state_dict(self) -> dict:
+        return {'beta': self.beta, 'avg': self.avg, 'count': self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.beta, self.avg, self.count = state['beta'], state['avg'], state['count']
+
+
+class Strategy:
+    """Base class: `perturb` one clean batch; `state_dict` whatever must survive a save."""
+    name: str = ''
+    norms: tuple = ()
+
+    def perturb(self, attack: Attack, model, x, y) -> AdversarialBatch:
+        raise NotImplementedError
+
+    def stats(self) -> dict:
+        """Running numbers worth reporting at the end of an epoch (name -> float)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(self.norms)})"
+
+
+class SingleNorm(Strategy):
+    """Adversarial training in one threat model (l_p-AT; l_p -> l_q transfer fine-tuning)."""
+
+    def __init__(self, norm: str):
+        self.name = canonical_norm(norm)
+        self.norms = (self.name,)
+
+    def perturb(self, attack, model, x, y):
+        x_adv, correct = attack(model, x, y, self.name)
+        return AdversarialBatch(x_adv, y, {self.name: correct}, self.name)
+
+
+class EAT(Strategy):
+    """Extreme-norm AT (paper Sec. 4.2): each batch is attacked in l1 or l-inf only, norm p
+    drawn with probability rerr_p / (rerr_1 + rerr_inf) (eq. 6), where rerr_p is a running
+    average of the robust training error of the batches attacked in p, i.e. of the attacks'
+    own robustness flags (no extra attack). 0.5 / 0.5 until both norms have been seen.
+    """
+    name, norms = 'eat', ('linf', 'l1')
+
+    def __init__(self, beta: float = 0.98, seed: int | None = None):
+        self.rerr = {norm: RunningMean(beta) for norm in self.norms}
+        # A generator of its own: the draws do not shift other random streams, and its state
+        # is saved with the strategy so a resumed run draws the same norms.
+        self.generator = torch.Generator()
+        self.generator.manual_seed(int(torch.randint(2 ** 62, ()).item()) if seed is None else seed)
+
+    def probabilities(self) -> dict:
+        """Sampling probability of each norm (eq. 6)."""
+        errors = [self.rerr[norm].value for norm in self.norms]
+        total = sum(errors)
+        if any(math.isnan(e) for e in errors) or total <= 0:
+            return {norm: 1 / len(self.norms) for norm in self.norms}
+        return {norm: e / total for norm, e in zip(self.norms, errors)}
+
+    def choose(self) -> str:
+        """Draw the norm of the next batch."""
+        u = torch.rand((), generator=self.generator).item()
+        cumulative = 0.0
+        for norm, p in self.probabilities().items():
+            cumulative += p
+            if u < cumulative:
+                return norm
+        return self.norms[-1]
+
+    def perturb(self, attack, model, x, y):
+        norm = self.choose()
+        x_adv, correct = attack(model, x, y, norm)
+        self.rerr[norm].update(1 - correct.float().mean().item())
+        return AdversarialBatch(x_adv, y, {norm: correct}, norm)
+
+    def stats(self):
+        return {f'prob_{norm}': p for norm, p in self.probabilities().items()}
+
+    def state_dict(self):
+        return {'rerr': {n: m.state_dict() for n, m in self.rerr.items()}, 'generator': self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        for norm, s in state['rerr'].items():
+            self.rerr[norm].load_state_dict(s)
+        self.generator.set_state(state['generator'])
+
+
+STRATEGIES = {'eat': EAT, 'linf': SingleNorm, 'l2': SingleNorm, 'l1': SingleNorm}
+
+
+def make_strategy(scheme) -> Strategy:
+    """A strategy from a scheme name ('eat', 'linf', 'l2', 'l1') or a `Strategy` instance."""
+    if isinstance(scheme, Strategy):
+        return scheme
+    key = str(scheme).strip().lower()
+    try:
+        key = canonical_norm(key)
+    except ValueError:
+        pass
+    if key not in STRATEGIES:
+        raise ValueError(f"unknown training scheme {scheme!r}: expected one of {', '.join(STRATEGIES)}")
+    cls = STRATEGIES[key]
+    return cls(key) if cls is SingleNorm else cls()

@@ -1,0 +1,90 @@
+"""One-line recipes: `fit_adversarial`, `eat_finetune`, `transfer_finetune` (paper Sec. 4.3, App. A)."""
+from __future__ import annotations
+
+import math
+
+from fastai.callback.schedule import ParamScheduler
+from fastai.learner import Learner
+from fastcore.basics import patch
+from fastcore.foundation import L
+
+from .callbacks import AdversarialTraining, AttackSettings, SingleNorm, Strategy, make_strategy
+from .threats import canonical_norm
+
+__all__ = ['finetune_schedule', 'piecewise_schedule', 'set_adversary']
+
+_ROUNDING = 1e-9  # pct_train is a float sum; an epoch boundary must not fall a hair short
+
+
+def finetune_schedule(lr: float, n_epoch: int):
+    """lr / 10 at the start of each epoch; for a single epoch, at each third of it (App. A)."""
+    n_steps = 3 if n_epoch == 1 else n_epoch
+
+    def schedule(pct: float) -> float:
+        return lr * 0.1 ** min(math.floor(pct * n_steps + _ROUNDING), n_steps - 1)
+    return schedule
+
+
+def piecewise_schedule(lr: float, decay_at: float = 70 / 80):
+    """lr until `decay_at` of training, then lr / 10 (paper: 80 epochs, /10 after 70)."""
+    if not 0 < decay_at <= 1:
+        raise ValueError(f"decay_at must be in (0, 1], got {decay_at!r}")
+
+    def schedule(pct: float) -> float:
+        return lr if pct + _ROUNDING < decay_at else lr / 10
+    return schedule
+
+
+def set_adversary(learn: Learner, scheme, eps=None, n_iter=10, **apgd_options) -> AdversarialTraining:
+    """Attach (or re-arm) the learner's adversarial-training callback with a fresh strategy.
+
+    The callback stays on the learner afterwards, so `learn.save` keeps its statistics and
+    later `fit` calls keep training adversarially; `learn.remove_cb(AdversarialTraining)` undoes it.
+    """
+    strategy: Strategy = make_strategy(scheme)
+    settings = AttackSettings.build(getattr(learn, 'threat_dataset', 'cifar10'), eps, n_iter, **apgd_options)
+    for cb in [cb for cb in learn.cbs if isinstance(cb, AdversarialTraining)]:
+        learn.remove_cb(cb)
+    cb = AdversarialTraining(strategy, settings)
+    learn.add_cb(cb)
+    return cb
+
+
+def _check_epochs(n_epoch) -> None:
+    if isinstance(n_epoch, bool) or not isinstance(n_epoch, int) or n_epoch < 1:
+        raise ValueError(f"the number of epochs must be an integer >= 1, got {n_epoch!r}")
+
+
+def _check_lr(lr) -> None:
+    if not isinstance(lr, (int, float)) or not lr > 0 or math.isinf(lr):
+        raise ValueError(f"lr must be a number > 0, got {lr!r}")
+
+
+@patch
+def fit_adversarial(self: Learner, n_epoch: int, lr: float = 0.05, scheme='eat', eps=None, n_iter=10,
+                    decay_at: float = 70 / 80, cbs=None, **kwargs):
+    """Adversarial training from scratch with `scheme` ('eat', 'linf', 'l2', 'l1', ...):
+    the paper's piecewise schedule, lr / 10 after `decay_at` of the epochs."""
+    _check_epochs(n_epoch), _check_lr(lr)
+    set_adversary(self, scheme, eps, n_iter)
+    self.fit(n_epoch, lr, cbs=L(ParamScheduler({'lr': piecewise_schedule(lr, decay_at)})) + L(cbs), **kwargs)
+
+
+@patch
+def eat_finetune(self: Learner, epochs: int = 3, lr: float = 0.05, eps=None, n_iter=10, cbs=None, **kwargs):
+    """E-AT fine-tuning (paper Sec. 4.3): l1 + l-inf APGD training for `epochs` epochs,
+    lr / 10 at each epoch (each third of a single epoch). n_iter: steps for every norm or
+    per norm, e.g. {'linf': 5, 'l1': 15} as for ImageNet."""
+    _check_epochs(epochs), _check_lr(lr)
+    set_adversary(self, 'eat', eps, n_iter)
+    self.fit(epochs, lr, cbs=L(ParamScheduler({'lr': finetune_schedule(lr, epochs)})) + L(cbs), **kwargs)
+
+
+@patch
+def transfer_finetune(self: Learner, norm: str, epochs: int = 3, lr: float = 0.05, eps=None, n_iter=10, cbs=None,
+                      **kwargs):
+    """l_p -> l_q fine-tuning (paper Sec. 5.3): single-norm APGD training in `norm` with the
+    fine-tuning schedule of `eat_finetune`."""
+    _check_epochs(epochs), _check_lr(lr)
+    set_adversary(self, SingleNorm(canonical_norm(norm)), eps, n_iter)
+    self.fit(epochs, lr, cbs=L(ParamScheduler({'lr': finetune_schedule(lr, epochs)})) + L(cbs), **kwargs)

@@ -1,0 +1,128 @@
+"""`robust_learner`: a fastai Learner over a model that takes [0,1] inputs and normalises inside."""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import accuracy
+from fastai.optimizer import SGD
+from fastai.torch_core import get_model
+from fastcore.basics import patch
+from torch import nn
+
+from . import finetune  # noqa: F401  registers fit_adversarial, eat_finetune, transfer_finetune
+from ._io import atomic_torch_save
+from .callbacks import AdversarialTraining
+from .data import check_dls
+from .evaluate import RobustResult, evaluate_robustness
+from .models import Normalized, build_model, load_checkpoint
+from .threats import default_threats
+
+__all__ = ['RobustLearner', 'robust_learner', 'paper_sgd']
+
+
+def paper_sgd(mom: float = 0.9, wd: float = 5e-4):
+    """The paper's optimiser (App. A): SGD, momentum 0.9, weight decay 5e-4 added to the
+    gradient as in torch.optim.SGD (not fastai's default decoupled decay)."""
+    return partial(SGD, mom=mom, wd=wd, decouple_wd=False)
+
+
+class RobustLearner(Learner):
+    """A Learner whose `save`/`load` also keep the adversarial-training state (strategy
+    statistics, attack settings, per-epoch history), written atomically."""
+
+    def _adversary(self) -> AdversarialTraining | None:
+        return next((cb for cb in self.cbs if isinstance(cb, AdversarialTraining)), None)
+
+    def save(self, file, with_opt: bool = True, pickle_protocol: int = 2) -> Path:
+        path = self.path / self.model_dir / f'{file}.pth' if not Path(str(file)).suffix else Path(file)
+        state = {'model': get_model(self.model).state_dict()}
+        if with_opt and self.opt is not None:
+            state['opt'] = self.opt.state_dict()
+        adversary = self._adversary()
+        if adversary is not None:
+            state['eatai'] = adversary.state_dict()
+        return atomic_torch_save(state, path)
+
+    def load(self, file, device=None, with_opt: bool = True, strict: bool = True) -> 'RobustLearner':
+        path = self.path / self.model_dir / f'{file}.pth' if not Path(str(file)).suffix else Path(file)
+        device = device if device is not None else self.dls.device
+        state = torch.load(path, map_location=device, weights_only=False)
+        if not isinstance(state, dict) or 'model' not in state:   # a bare state dict
+            state = {'model': state}
+        get_model(self.model).load_state_dict(state['model'], strict=strict)
+        if with_opt and 'opt' in state:
+            if self.opt is None:
+                self.create_opt()
+            self.opt.load_state_dict(state['opt'])
+        if 'eatai' in state:
+            adversary = self._adversary()
+            if adversary is None:
+                adversary = AdversarialTraining(state['eatai']['strategy'])
+                self.add_cb(adversary)
+            adversary.load_state_dict(state['eatai'])
+        return self
+
+
+def _as_model(arch, n_classes: int, mean, std) -> nn.Module:
+    if isinstance(arch, nn.Module):
+        return arch if mean is None and std is None else Normalized(arch, mean, std)
+    if isinstance(arch, (str, Path)) and (Path(arch).suffix in ('.pt', '.pth') or Path(arch).exists()):
+        model = load_checkpoint(arch)
+        if mean is not None or std is not None:
+            raise ValueError("a checkpoint carries its own normalisation: do not pass mean/std with it")
+        return model
+    if isinstance(arch, str):
+        return build_model(arch, n_classes, mean, std)
+    raise TypeError(f"arch must be an nn.Module, a timm model name or a checkpoint path, got {type(arch).__name__}")
+
+
+def robust_learner(dls, arch, mean=None, std=None, dataset: str = 'cifar10', opt_func=None, metrics=accuracy,
+                   loss_func=None, check_data: bool = True, **kwargs) -> RobustLearner:
+    """A Learner for adversarial training and robust evaluation in [0,1] pixel space.
+
+    arch: an `nn.Module` taken as it is (it must accept [0,1] inputs, as RobustBench models
+    do; `mean`/`std` put a normalisation layer in front of it), a timm model name (built with
+    `dls.c` classes, normalised with `mean`/`std` or its config's), or the path of an eatai
+    checkpoint. Defaults follow the paper: SGD, momentum 0.9, weight decay 5e-4.
+    dataset: whose radii the training and evaluation defaults use ('cifar10', 'imagenet').
+    DataLoaders that normalise or yield data outside [0,1] are refused (`check_data=False` skips it).
+    """
+    if check_data:
+        check_dls(dls)
+    default_threats(dataset)  # validates the name
+    n_classes = getattr(dls, 'c', None)
+    model = _as_model(arch, n_classes, mean, std)
+    learn = RobustLearner(dls, model, loss_func=loss_func or CrossEntropyLossFlat(),
+                          opt_func=opt_func or paper_sgd(), metrics=metrics, **kwargs)
+    learn.threat_dataset = dataset
+    return learn
+
+
+def _first_items(dl, n: int):
+    """The first n (x, y) of a DataLoader, concatenated on the CPU."""
+    xs, ys, count = [], [], 0
+    for xb, yb in dl:
+        xs.append(xb.detach().cpu()), ys.append(yb.detach().cpu())
+        count += len(yb)
+        if count >= n:
+            break
+    if not xs:
+        raise ValueError("the DataLoader yielded no batches")
+    x, y = torch.cat(xs)[:n], torch.cat(ys)[:n]
+    return x.as_subclass(torch.Tensor).float(), y.as_subclass(torch.Tensor).long()
+
+
+@patch
+def robust_eval(self: Learner, n: int = 1000, threats=None, budget='standard', dl=None, bs: int = 250,
+                union_only: bool = False, seed: int = 0, progress: bool = True, name: str | None = None) -> RobustResult:
+    """Clean, per-threat and union robust accuracy of the model on the first `n` validation
+    items (APGD-CE then APGD-T, AutoAttack's standard budget unless `budget='quick'`)."""
+    x, y = _first_items(dl if dl is not None else self.dls.valid, n)
+    threats = threats if threats is not None else default_threats(getattr(self, 'threat_dataset', 'cifar10'))
+    device = next(self.model.parameters()).device
+    return evaluate_robustness(self.model, x, y, threats=threats, budget=budget, bs=bs, union_only=union_only,
+                               seed=seed, device=device, progress=progress, name=name)
