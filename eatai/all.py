@@ -2,7 +2,7 @@
 from fastai.torch_core import set_seed
 
 from .attacks import apgd, apgd_targeted, l1_box_projection
-from .callbacks import EAT, AdversarialTraining, AttackSettings, SingleNorm, Strategy, make_strategy
+from .callbacks import AVG, EAT, MAX, MSD, SAT, AdversarialTraining, AttackSettings, SingleNorm, Strategy, Switch, make_strategy
 from .data import CIFAR10_CLASSES, arrays_dls, cifar10_dls, load_sample, sample_dls
 from .evaluate import EvalBudget, RobustResult, evaluate_robustness
 from .finetune import finetune_schedule, piecewise_schedule, set_adversary
@@ -12,7 +12,7 @@ from .models import Normalized, build_model, load_checkpoint, save_checkpoint
 from .report import print_results, results_table, results_text
 from .threats import NORMS, ThreatModel, default_threats, parse_threat
 
-__all__ = ['apgd', 'apgd_targeted', 'l1_box_projection', 'EAT', 'AdversarialTraining', 'AttackSettings', 'SingleNorm',
+__all__ = ['apgd', 'apgd_targeted', 'l1_box_projection', 'EAT', 'MAX', 'AVG', 'MSD', 'SAT', 'Switch', 'AdversarialTraining', 'AttackSettings', 'SingleNorm',
            'Strategy', 'make_strategy', 'CIFAR10_CLASSES', 'arrays_dls', 'cifar10_dls', 'load_sample', 'sample_dls',
            'EvalBudget', 'RobustResult', 'evaluate_robustness', 'finetune_schedule', 'piecewise_schedule',
            'set_adversary', 'hull_covers', 'hull_radius', 'union_radius', 'RobustLearner', 'paper_sgd',

@@ -35,14 +35,16 @@ def piecewise_schedule(lr: float, decay_at: float = 70 / 80):
     return schedule
 
 
-def set_adversary(learn: Learner, scheme, eps=None, n_iter=10, **apgd_options) -> AdversarialTraining:
+def set_adversary(learn: Learner, scheme, eps=None, n_iter=10, method=None, **apgd_options) -> AdversarialTraining:
     """Attach (or re-arm) the learner's adversarial-training callback with a fresh strategy.
 
     The callback stays on the learner afterwards, so `learn.save` keeps its statistics and
     later `fit` calls keep training adversarially; `learn.remove_cb(AdversarialTraining)` undoes it.
+    method: None (each scheme's own attack: APGD for E-AT and single norms, PGD/SLIDE for the
+    baselines), or 'apgd' / 'pgd' for all.
     """
     strategy: Strategy = make_strategy(scheme)
-    settings = AttackSettings.build(getattr(learn, 'threat_dataset', 'cifar10'), eps, n_iter, **apgd_options)
+    settings = AttackSettings.build(getattr(learn, 'threat_dataset', 'cifar10'), eps, n_iter, method, **apgd_options)
     for cb in [cb for cb in learn.cbs if isinstance(cb, AdversarialTraining)]:
         learn.remove_cb(cb)
     cb = AdversarialTraining(strategy, settings)
@@ -62,22 +64,31 @@ def _check_lr(lr) -> None:
 
 @patch
 def fit_adversarial(self: Learner, n_epoch: int, lr: float = 0.05, scheme='eat', eps=None, n_iter=10,
-                    decay_at: float = 70 / 80, cbs=None, **kwargs):
-    """Adversarial training from scratch with `scheme` ('eat', 'linf', 'l2', 'l1', ...):
-    the paper's piecewise schedule, lr / 10 after `decay_at` of the epochs."""
+                    decay_at: float = 70 / 80, method=None, cbs=None, **kwargs):
+    """Adversarial training from scratch with `scheme` ('eat', 'linf', 'l2', 'l1', 'max', 'avg',
+    'msd', 'sat', or a switch like 'l2>eat@45'): the paper's piecewise schedule, lr / 10 after
+    `decay_at` of the epochs."""
     _check_epochs(n_epoch), _check_lr(lr)
-    set_adversary(self, scheme, eps, n_iter)
+    set_adversary(self, scheme, eps, n_iter, method)
     self.fit(n_epoch, lr, cbs=L(ParamScheduler({'lr': piecewise_schedule(lr, decay_at)})) + L(cbs), **kwargs)
 
 
 @patch
-def eat_finetune(self: Learner, epochs: int = 3, lr: float = 0.05, eps=None, n_iter=10, cbs=None, **kwargs):
-    """E-AT fine-tuning (paper Sec. 4.3): l1 + l-inf APGD training for `epochs` epochs,
-    lr / 10 at each epoch (each third of a single epoch). n_iter: steps for every norm or
-    per norm, e.g. {'linf': 5, 'l1': 15} as for ImageNet."""
+def finetune_adversarial(self: Learner, scheme='eat', epochs: int = 3, lr: float = 0.05, eps=None, n_iter=10,
+                         method=None, cbs=None, **kwargs):
+    """Adversarial fine-tuning with any scheme and the paper's fine-tuning schedule: lr / 10 at
+    the start of each epoch (at each third of a single epoch)."""
     _check_epochs(epochs), _check_lr(lr)
-    set_adversary(self, 'eat', eps, n_iter)
+    set_adversary(self, scheme, eps, n_iter, method)
     self.fit(epochs, lr, cbs=L(ParamScheduler({'lr': finetune_schedule(lr, epochs)})) + L(cbs), **kwargs)
+
+
+@patch
+def eat_finetune(self: Learner, epochs: int = 3, lr: float = 0.05, eps=None, n_iter=10, cbs=None, **kwargs):
+    """E-AT fine-tuning (paper Sec. 4.3): l1 + l-inf APGD training for `epochs` epochs, lr / 10
+    at each epoch (each third of a single epoch). n_iter: steps for every norm or per norm,
+    e.g. {'linf': 5, 'l1': 15} as for ImageNet."""
+    self.finetune_adversarial('eat', epochs, lr, eps, n_iter, cbs=cbs, **kwargs)
 
 
 @patch
@@ -85,6 +96,4 @@ def transfer_finetune(self: Learner, norm: str, epochs: int = 3, lr: float = 0.0
                       **kwargs):
     """l_p -> l_q fine-tuning (paper Sec. 5.3): single-norm APGD training in `norm` with the
     fine-tuning schedule of `eat_finetune`."""
-    _check_epochs(epochs), _check_lr(lr)
-    set_adversary(self, SingleNorm(canonical_norm(norm)), eps, n_iter)
-    self.fit(epochs, lr, cbs=L(ParamScheduler({'lr': finetune_schedule(lr, epochs)})) + L(cbs), **kwargs)
+    self.finetune_adversarial(SingleNorm(canonical_norm(norm)), epochs, lr, eps, n_iter, cbs=cbs, **kwargs)

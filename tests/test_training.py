@@ -141,10 +141,11 @@ def test_eat_draws_follow_the_probabilities():
 def test_eat_samples_the_weaker_norm_more_during_training():
     s = EAT(seed=0)
 
-    def attack(model, x, y, norm):   # l1 always breaks, l-inf never
-        return x, torch.full((len(y),), norm == 'linf')
+    class Settings:   # l1 always breaks, l-inf never
+        def run(self, model, x, y, norm, method):
+            return x, torch.full((len(y),), norm == 'linf')
     for _ in range(200):
-        s.perturb(attack, None, torch.zeros(4, 1), torch.zeros(4, dtype=torch.long))
+        s.perturb(Settings(), None, torch.zeros(4, 1), torch.zeros(4, dtype=torch.long))
     assert s.probabilities()['l1'] == pytest.approx(1.0)
 
 

@@ -151,11 +151,11 @@ def _run_restarts(model, x, y, ball, cfg, y_target):
         x_adv[idx] = torch.where(_rows(better, x), run.output(cfg.keep), x_adv[idx])
         loss_best[idx] = torch.where(better, run.loss_best, loss_best[idx])
         correct[idx] &= run.correct
-    return x_adv, correct
+    return x_adv, correct, loss_best
 
 
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, n_iter: int = 10,
-         *, y_target: torch.Tensor | None = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
+         *, y_target: torch.Tensor | None = None, return_loss: bool = False, **options):
     """APGD in the `norm` ball of radius `eps` around x, intersected with [0,1].
 
     x: (B, ...) inputs in [0,1]; y: (B,) labels; norm: 'linf', 'l2' or 'l1'.
@@ -164,6 +164,7 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: flo
     keep='misclassified', a misclassified one where found) and a (B,) bool tensor, True where
     the example was classified correctly at every iterate, start included. The flag comes
     from the attack's own forward passes: n_iter + 1 forwards and n_iter backwards per run.
+    With `return_loss` (keep='loss' only) also the (B,) attack loss at x_adv.
     The model's train/eval flags are restored, parameter gradients and x are left untouched.
     """
     cfg = APGDConfig.from_options(n_iter=n_iter, **options)
@@ -172,12 +173,16 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: flo
     needs_target = get_loss(cfg.loss)[1]
     if needs_target and y_target is None:
         raise ValueError(f"loss {cfg.loss!r} needs y_target")
+    if return_loss and cfg.keep != 'loss':
+        raise ValueError("return_loss needs keep='loss': the loss is tracked at the highest-loss point")
     if x.shape[0] == 0:
-        return x.detach().clone(), torch.zeros(0, dtype=torch.bool, device=x.device)
+        empty = (x.detach().clone(), torch.zeros(0, dtype=torch.bool, device=x.device))
+        return empty + (x.new_zeros(0),) if return_loss else empty
     x, y = x.detach(), y.detach().long()
     y_target = None if y_target is None else y_target.detach().long()
     with eval_mode(model), torch.enable_grad():
-        return _run_restarts(model, x, y, ball, cfg, y_target)
+        x_adv, correct, loss = _run_restarts(model, x, y, ball, cfg, y_target)
+    return (x_adv, correct, loss) if return_loss else (x_adv, correct)
 
 
 def apgd_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float,

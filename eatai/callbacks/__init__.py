@@ -1,6 +1,9 @@
 """fastai callbacks for adversarial training (this layer may import fastai; attacks may not)."""
 from .adversarial import AdversarialTraining, AttackSettings, EpochStat
-from .strategies import EAT, STRATEGIES, AdversarialBatch, RunningMean, SingleNorm, Strategy, make_strategy
+from .baselines import AVG, MAX, MSD, MultiNorm
+from .registry import STRATEGIES, make_strategy
+from .strategies import EAT, SAT, AdversarialBatch, RandomNorm, RunningMean, SingleNorm, Strategy
+from .switch import Switch
 
-__all__ = ['AdversarialTraining', 'AttackSettings', 'EpochStat', 'Strategy', 'SingleNorm', 'EAT', 'STRATEGIES',
-           'AdversarialBatch', 'RunningMean', 'make_strategy']
+__all__ = ['AdversarialTraining', 'AttackSettings', 'EpochStat', 'Strategy', 'SingleNorm', 'RandomNorm', 'EAT', 'SAT',
+           'MultiNorm', 'MAX', 'AVG', 'MSD', 'Switch', 'STRATEGIES', 'AdversarialBatch', 'RunningMean', 'make_strategy']

@@ -12,21 +12,32 @@ from fastai.learner import Metric
 from fastcore.foundation import L
 
 from ..attacks import APGDConfig, apgd
+from ..attacks.msd import msd
+from ..attacks.pgd import pgd
 from ..threats import NORMS, canonical_norm, default_eps, parse_threat
-from .strategies import Strategy, make_strategy
+from .registry import make_strategy
+from .strategies import Strategy
 
 __all__ = ['AttackSettings', 'AdversarialTraining', 'EpochStat']
 
 
+_METHODS = ('apgd', 'pgd')
+
+
 @dataclass
 class AttackSettings:
-    """Radius and number of APGD steps per norm for the training attacks (paper, App. A)."""
+    """The training attacks: radius and steps per norm (paper, App. A) and the attack method.
+
+    method: 'apgd' or 'pgd' (fixed steps; SLIDE for l1) for every strategy, or None for each
+    strategy's own choice (APGD for E-AT and single norms, PGD for the baselines, as in the paper).
+    """
     eps: dict = field(default_factory=lambda: {n: default_eps(n, 'cifar10') for n in NORMS})
     n_iter: dict = field(default_factory=lambda: {n: 10 for n in NORMS})
+    method: str | None = None
     apgd_options: dict = field(default_factory=dict)
 
     @classmethod
-    def build(cls, dataset: str = 'cifar10', eps=None, n_iter=10, **apgd_options) -> 'AttackSettings':
+    def build(cls, dataset: str = 'cifar10', eps=None, n_iter=10, method=None, **apgd_options) -> 'AttackSettings':
         """eps: None (the dataset's radii), {norm: eps} or threat strings like ['l1:12'];
         n_iter: one number for every norm or {norm: steps} (e.g. {'linf': 5, 'l1': 15})."""
         radii = {n: default_eps(n, dataset) for n in NORMS}
@@ -41,13 +52,22 @@ class AttackSettings:
             steps.update({canonical_norm(n): v for n, v in n_iter.items()})
         else:
             steps = {n: n_iter for n in NORMS}
-        for n, v in steps.items():
+        for v in steps.values():
             APGDConfig.from_options(n_iter=v, **apgd_options)   # fail now, not mid-epoch
-        return cls(radii, steps, dict(apgd_options))
+        if method not in (None, *_METHODS):
+            raise ValueError(f"method must be one of {_METHODS} or None, got {method!r}")
+        return cls(radii, steps, method, dict(apgd_options))
 
-    def attack(self, model, x, y, norm: str):
-        """The training attack in `norm`: (x_adv, correct at every iterate)."""
-        return apgd(model, x, y, norm, self.eps[norm], self.n_iter[norm], **self.apgd_options)
+    def run(self, model, x, y, norm: str, default_method: str = 'apgd', return_loss: bool = False):
+        """The training attack in `norm`: (x_adv, correct at every iterate[, loss at x_adv])."""
+        if (self.method or default_method) == 'pgd':
+            return pgd(model, x, y, norm, self.eps[norm], self.n_iter[norm], return_loss=return_loss)
+        return apgd(model, x, y, norm, self.eps[norm], self.n_iter[norm], return_loss=return_loss, **self.apgd_options)
+
+    def msd(self, model, x, y, norms):
+        """MSD over `norms` with these radii: (x_adv, correct, chosen steps per norm)."""
+        n_iter = max(self.n_iter[n] for n in norms)
+        return msd(model, x, y, {n: self.eps[n] for n in norms}, n_iter)
 
     def describe(self, norms) -> str:
         return ', '.join(f"{n}:{self.eps[n]:.4g} ({self.n_iter[n]} steps)" for n in norms)
@@ -93,9 +113,12 @@ class AdversarialTraining(Callback):
 
     @property
     def stat_names(self) -> list:
-        norms = self.strategy.norms
-        freq = [f'freq_{n}' for n in norms] if len(norms) > 1 else []
-        return freq + [f'rerr_{n}' for n in norms] + [f'loss_{n}' for n in norms]
+        s = self.strategy
+        rerr = [f'rerr_{k}' for k in s.robust_keys]
+        if not s.one_norm_per_batch:
+            return rerr + list(s.stat_names)
+        freq = [f'freq_{n}' for n in s.norms] if len(s.norms) > 1 else []
+        return freq + rerr + [f'loss_{n}' for n in s.norms] + list(s.stat_names)
 
     def before_fit(self):
         kept = L(m for m in self.learn.metrics if not isinstance(m, EpochStat))  # stale columns of a crashed fit
@@ -105,13 +128,14 @@ class AdversarialTraining(Callback):
         self.learn.metrics = L(m for m in self.learn.metrics if not isinstance(m, EpochStat))
 
     def before_train(self):
+        self.strategy.set_epoch(self.epoch)
         self._counts = defaultdict(lambda: {'batches': 0, 'examples': 0, 'errors': 0.0, 'loss': 0.0, 'loss_n': 0})
         self._n_batches = 0
 
     def before_batch(self):
         if len(self.xb) != 1 or len(self.yb) != 1:
             raise ValueError(f"adversarial training expects one input and one target per batch, got {len(self.xb)} and {len(self.yb)}")
-        batch = self.strategy.perturb(self.settings.attack, self.model, self.xb[0], self.yb[0])
+        batch = self.strategy.perturb(self.settings, self.model, self.xb[0], self.yb[0])
         self.learn.xb, self.learn.yb = (batch.x,), (batch.y,)
         self._batch = batch
         self._n_batches += 1
@@ -130,11 +154,14 @@ class AdversarialTraining(Callback):
 
     def after_train(self):
         stats = {}
-        for norm in self.strategy.norms:
-            c = self._counts[norm]
-            stats[f'freq_{norm}'] = c['batches'] / max(self._n_batches, 1)
-            stats[f'rerr_{norm}'] = float(c['errors']) / c['examples'] if c['examples'] else math.nan
-            stats[f'loss_{norm}'] = float(c['loss']) / c['loss_n'] if c['loss_n'] else math.nan
+        for key in self.strategy.robust_keys:
+            c = self._counts[key]
+            stats[f'rerr_{key}'] = float(c['errors']) / c['examples'] if c['examples'] else math.nan
+        if self.strategy.one_norm_per_batch:
+            for norm in self.strategy.norms:
+                c = self._counts[norm]
+                stats[f'freq_{norm}'] = c['batches'] / max(self._n_batches, 1)
+                stats[f'loss_{norm}'] = float(c['loss']) / c['loss_n'] if c['loss_n'] else math.nan
         stats.update(self.strategy.stats())
         self.epoch_stats = stats
         self.history.append({'epoch': self.epoch, **stats})

@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 
-from ..threats import canonical_norm
+from ..threats import NORMS, canonical_norm
 
-__all__ = ['AdversarialBatch', 'RunningMean', 'Strategy', 'SingleNorm', 'EAT', 'STRATEGIES', 'make_strategy']
+__all__ = ['AdversarialBatch', 'RunningMean', 'Strategy', 'SingleNorm', 'RandomNorm', 'EAT', 'SAT']
 
-# attack(model, x, y, norm) -> (x_adv, correct)
-Attack = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, str], tuple]
 
 
 @dataclass
@@ -53,12 +49,27 @@ class RunningMean:
 
 
 class Strategy:
-    """Base class: `perturb` one clean batch; `state_dict` whatever must survive a save."""
+    """Base class: `perturb` one clean batch; `state_dict` whatever must survive a save.
+
+    `settings` (an `AttackSettings`) runs the attacks: `settings.run(model, x, y, norm,
+    self.attack_method)`; `attack_method` is the strategy's default, 'apgd' or 'pgd'.
+    """
     name: str = ''
     norms: tuple = ()
+    attack_method: str = 'apgd'
+    one_norm_per_batch: bool = True   # False: every batch is attacked in several norms
+    stat_names: tuple = ()            # keys of `stats()` shown as columns of fastai's table
 
-    def perturb(self, attack: Attack, model, x, y) -> AdversarialBatch:
+    @property
+    def robust_keys(self) -> tuple:
+        """Keys of `AdversarialBatch.robust` this strategy reports (a norm, or 'union')."""
+        return self.norms
+
+    def perturb(self, settings, model, x, y) -> AdversarialBatch:
         raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called at the start of each training epoch."""
 
     def stats(self) -> dict:
         """Running numbers worth reporting at the end of an epoch (name -> float)."""
@@ -81,33 +92,21 @@ class SingleNorm(Strategy):
         self.name = canonical_norm(norm)
         self.norms = (self.name,)
 
-    def perturb(self, attack, model, x, y):
-        x_adv, correct = attack(model, x, y, self.name)
+    def perturb(self, settings, model, x, y):
+        x_adv, correct = settings.run(model, x, y, self.name, self.attack_method)
         return AdversarialBatch(x_adv, y, {self.name: correct}, self.name)
 
 
-class EAT(Strategy):
-    """Extreme-norm AT (paper Sec. 4.2): each batch is attacked in l1 or l-inf only, norm p
-    drawn with probability rerr_p / (rerr_1 + rerr_inf) (eq. 6), where rerr_p is a running
-    average of the robust training error of the batches attacked in p, i.e. of the attacks'
-    own robustness flags (no extra attack). 0.5 / 0.5 until both norms have been seen.
-    """
-    name, norms = 'eat', ('linf', 'l1')
+class RandomNorm(Strategy):
+    """One norm per batch, drawn from `probabilities()` with a generator of its own: the draws
+    do not shift other random streams, and its state is saved so a resumed run draws the same."""
 
-    def __init__(self, beta: float = 0.98, seed: int | None = None):
-        self.rerr = {norm: RunningMean(beta) for norm in self.norms}
-        # A generator of its own: the draws do not shift other random streams, and its state
-        # is saved with the strategy so a resumed run draws the same norms.
+    def __init__(self, seed: int | None = None):
         self.generator = torch.Generator()
         self.generator.manual_seed(int(torch.randint(2 ** 62, ()).item()) if seed is None else seed)
 
     def probabilities(self) -> dict:
-        """Sampling probability of each norm (eq. 6)."""
-        errors = [self.rerr[norm].value for norm in self.norms]
-        total = sum(errors)
-        if any(math.isnan(e) for e in errors) or total <= 0:
-            return {norm: 1 / len(self.norms) for norm in self.norms}
-        return {norm: e / total for norm, e in zip(self.norms, errors)}
+        return {norm: 1 / len(self.norms) for norm in self.norms}
 
     def choose(self) -> str:
         """Draw the norm of the next batch."""
@@ -119,37 +118,57 @@ class EAT(Strategy):
                 return norm
         return self.norms[-1]
 
-    def perturb(self, attack, model, x, y):
+    def perturb(self, settings, model, x, y):
         norm = self.choose()
-        x_adv, correct = attack(model, x, y, norm)
-        self.rerr[norm].update(1 - correct.float().mean().item())
+        x_adv, correct = settings.run(model, x, y, norm, self.attack_method)
+        self.observe(norm, correct)
         return AdversarialBatch(x_adv, y, {norm: correct}, norm)
+
+    def observe(self, norm: str, correct: torch.Tensor) -> None:
+        """What the attack in `norm` found on this batch."""
+
+    def state_dict(self):
+        return {'generator': self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state['generator'])
+
+
+class EAT(RandomNorm):
+    """Extreme-norm AT (paper Sec. 4.2): each batch is attacked in l1 or l-inf only, norm p
+    drawn with probability rerr_p / (rerr_1 + rerr_inf) (eq. 6), where rerr_p is a running
+    average of the robust training error of the batches attacked in p, i.e. of the attacks'
+    own robustness flags (no extra attack). 0.5 / 0.5 until both norms have been seen.
+    """
+    name, norms = 'eat', ('linf', 'l1')
+
+    def __init__(self, beta: float = 0.98, seed: int | None = None):
+        super().__init__(seed)
+        self.rerr = {norm: RunningMean(beta) for norm in self.norms}
+
+    def probabilities(self) -> dict:
+        """Sampling probability of each norm (eq. 6)."""
+        errors = [self.rerr[norm].value for norm in self.norms]
+        total = sum(errors)
+        if any(math.isnan(e) for e in errors) or total <= 0:
+            return {norm: 1 / len(self.norms) for norm in self.norms}
+        return {norm: e / total for norm, e in zip(self.norms, errors)}
+
+    def observe(self, norm, correct):
+        self.rerr[norm].update(1 - correct.float().mean().item())
 
     def stats(self):
         return {f'prob_{norm}': p for norm, p in self.probabilities().items()}
 
     def state_dict(self):
-        return {'rerr': {n: m.state_dict() for n, m in self.rerr.items()}, 'generator': self.generator.get_state()}
+        return {**super().state_dict(), 'rerr': {n: m.state_dict() for n, m in self.rerr.items()}}
 
     def load_state_dict(self, state):
+        super().load_state_dict(state)
         for norm, s in state['rerr'].items():
             self.rerr[norm].load_state_dict(s)
-        self.generator.set_state(state['generator'])
 
 
-STRATEGIES = {'eat': EAT, 'linf': SingleNorm, 'l2': SingleNorm, 'l1': SingleNorm}
-
-
-def make_strategy(scheme) -> Strategy:
-    """A strategy from a scheme name ('eat', 'linf', 'l2', 'l1') or a `Strategy` instance."""
-    if isinstance(scheme, Strategy):
-        return scheme
-    key = str(scheme).strip().lower()
-    try:
-        key = canonical_norm(key)
-    except ValueError:
-        pass
-    if key not in STRATEGIES:
-        raise ValueError(f"unknown training scheme {scheme!r}: expected one of {', '.join(STRATEGIES)}")
-    cls = STRATEGIES[key]
-    return cls(key) if cls is SingleNorm else cls()
+class SAT(RandomNorm):
+    """Stochastic AT (Madaan et al. 2021): l-inf, l2 or l1 drawn uniformly per batch; PGD."""
+    name, norms, attack_method = 'sat', NORMS, 'pgd'

@@ -1,0 +1,78 @@
+"""PGD with fixed steps, as the paper's retrained baselines use it (App. A): l-inf step eps/4,
+l2 step eps/3, and SLIDE for l1 (Tramèr & Boneh 2019: sign steps on the top 1% of gradient
+coordinates, ignoring coordinates that the [0,1] box blocks)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .balls import Ball, make_ball
+from .guards import check_batch, check_labels, eval_mode
+from .losses import ce_loss
+
+__all__ = ['PGD_STEP', 'SLIDE_PERCENTILE', 'steepest_direction', 'pgd']
+
+PGD_STEP = {'linf': 1 / 4, 'l2': 1 / 3, 'l1': 1 / 10}  # step size in units of eps (l1: our choice, eps/10)
+SLIDE_PERCENTILE = 99.0                                   # SLIDE keeps |grad| above this percentile
+
+
+def _rows(mask, like):
+    return mask.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def steepest_direction(ball: Ball, grad: torch.Tensor, x_adv: torch.Tensor,
+                       percentile: float = SLIDE_PERCENTILE) -> torch.Tensor:
+    """The baselines' ascent direction in `ball`: sign (l-inf), normalised gradient (l2), or
+    SLIDE's sparse sign step (l1), which skips coordinates the box would clip anyway."""
+    if ball.norm != 'l1':
+        return ball.direction(grad)
+    blocked = ((x_adv <= 0) & (grad < 0)) | ((x_adv >= 1) & (grad > 0))
+    grad = grad.masked_fill(blocked, 0)
+    sparsity = grad.new_full((grad.shape[0],), 1 - percentile / 100)
+    return ball.direction(grad, sparsity)
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, n_iter: int = 10,
+        step_size: float | None = None, random_start: bool = False, keep: str = 'last',
+        return_loss: bool = False, generator: torch.Generator | None = None):
+    """Projected gradient ascent on the cross-entropy in the `norm` ball (radius eps) within [0,1].
+
+    step_size defaults to `PGD_STEP[norm] * eps`. keep: 'last' iterate (standard PGD) or the
+    highest-'loss' one. Returns (x_adv, correct[, loss]) like `apgd`: correct is True where the
+    example was classified correctly at every iterate; n_iter + 1 forwards, n_iter backwards.
+    """
+    if keep not in ('last', 'loss'):
+        raise ValueError(f"keep must be 'last' or 'loss', got {keep!r}")
+    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
+        raise ValueError(f"n_iter must be an integer >= 1, got {n_iter!r}")
+    ball = make_ball(norm, eps)
+    step = PGD_STEP[ball.norm] * ball.eps if step_size is None else float(step_size)
+    if not step > 0:
+        raise ValueError(f"step_size must be > 0, got {step_size!r}")
+    check_batch(x, y)
+    x, y = x.detach(), y.detach().long()
+    with eval_mode(model), torch.enable_grad():
+        x_adv = ball.random_start(x, generator) if random_start else x.clone()
+        best, loss_best, correct = x_adv, None, None
+        for i in range(n_iter + 1):
+            x_adv = x_adv.detach().requires_grad_(i < n_iter)
+            with torch.set_grad_enabled(i < n_iter):
+                logits = model(x_adv)
+                if i == 0:
+                    check_labels(y, logits)
+                loss = ce_loss(logits, y)
+            ok = logits.detach().argmax(dim=1) == y
+            correct = ok if correct is None else correct & ok
+            loss_now = loss.detach()
+            if loss_best is None:
+                best, loss_best = x_adv.detach(), loss_now
+            else:
+                better = loss_now > loss_best if keep == 'loss' else torch.ones_like(ok)
+                best = torch.where(_rows(better, x), x_adv.detach(), best)
+                loss_best = torch.where(better, loss_now, loss_best)
+            if i == n_iter:
+                break
+            grad, = torch.autograd.grad(loss.sum(), x_adv)
+            with torch.no_grad():
+                x_adv = ball.project(x, x_adv + step * steepest_direction(ball, grad, x_adv))
+    return (best, correct, loss_best) if return_loss else (best, correct)
