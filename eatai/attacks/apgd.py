@@ -16,6 +16,7 @@ from .balls import Ball, make_ball
 from .guards import check_batch, check_labels, eval_mode
 from .losses import get_loss
 from .schedules import AttackState
+from ._shapes import per_example
 
 __all__ = ['APGDConfig', 'EVALUATION', 'apgd', 'apgd_targeted']
 
@@ -62,9 +63,6 @@ class APGDConfig:
 # AutoAttack's budget for APGD-CE / APGD-T (Croce & Hein 2020; l1: "Mind the box").
 EVALUATION = dict(n_iter=100, random_start=True, l1_sparsity=0.2, keep='misclassified')
 
-
-def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 @dataclass
@@ -118,14 +116,14 @@ def _single_run(model, x, y, ball: Ball, cfg: APGDConfig, y_target, generator) -
             state.grad = grad
         wrong = logits.argmax(dim=1) != y
         correct &= ~wrong
-        x_misclassified = torch.where(_rows(wrong, x), state.x_adv, x_misclassified)
+        x_misclassified = torch.where(per_example(wrong, x), state.x_adv, x_misclassified)
         improved = state.loss > state.loss_best
-        state.x_best = torch.where(_rows(improved, x), state.x_adv, state.x_best)
-        state.grad_best = torch.where(_rows(improved, x), state.grad, state.grad_best)
+        state.x_best = torch.where(per_example(improved, x), state.x_adv, state.x_best)
+        state.grad_best = torch.where(per_example(improved, x), state.grad, state.grad_best)
         state.loss_best = torch.where(improved, state.loss, state.loss_best)
         if not last:
             schedule.update(state)
-    x_misclassified = torch.where(_rows(correct, x), state.x_best, x_misclassified)
+    x_misclassified = torch.where(per_example(correct, x), state.x_best, x_misclassified)
     return _RunResult(state.x_best, state.loss_best, correct, x_misclassified)
 
 
@@ -148,7 +146,7 @@ def _run_restarts(model, x, y, ball, cfg, y_target):
             break
         run = _single_run(model, x[idx], y[idx], ball, cfg, None if y_target is None else y_target[idx], generator)
         better = run.loss_best > loss_best[idx] if cfg.keep == 'loss' else ~run.correct
-        x_adv[idx] = torch.where(_rows(better, x), run.output(cfg.keep), x_adv[idx])
+        x_adv[idx] = torch.where(per_example(better, x), run.output(cfg.keep), x_adv[idx])
         loss_best[idx] = torch.where(better, run.loss_best, loss_best[idx])
         correct[idx] &= run.correct
     return x_adv, correct, loss_best
@@ -213,6 +211,6 @@ def apgd_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
         if idx.numel() == 0:
             break
         x_r, c_r = apgd(model, x[idx], y[idx], norm, eps, y_target=ranking[idx, rank], **options)
-        x_adv[idx] = torch.where(_rows(c_r, x), x_adv[idx], x_r)
+        x_adv[idx] = torch.where(per_example(c_r, x), x_adv[idx], x_r)
         correct[idx] = c_r
     return x_adv, correct

@@ -10,15 +10,12 @@ import torch
 from ..threats import NORMS, ThreatModel
 from .projection import l1_box_projection
 from .schedules import OscillationSchedule, SparsitySchedule
+from ._shapes import per_example
 
 __all__ = ['Ball', 'LinfBall', 'L2Ball', 'L1Ball', 'make_ball', 'lp_norm']
 
 _TINY = 1e-12
 
-
-def _per_row(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 1, ..., 1), broadcastable against `like`."""
-    return v.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
@@ -92,11 +89,11 @@ class L2Ball(Ball):
     norm, step_scale = 'l2', 2.0
 
     def direction(self, grad, sparsity=None):
-        return grad / (_per_row(lp_norm(grad, 'l2'), grad) + _TINY).to(grad.dtype)
+        return grad / (per_example(lp_norm(grad, 'l2'), grad) + _TINY).to(grad.dtype)
 
     def project(self, x, x_adv):
         delta = x_adv - x
-        norm = _per_row(lp_norm(delta, 'l2'), delta).to(delta.dtype)
+        norm = per_example(lp_norm(delta, 'l2'), delta).to(delta.dtype)
         scale = (self.eps / (norm + _TINY)).clamp(max=1.0)
         return (x + delta * scale).clamp(0, 1)
 

@@ -14,12 +14,10 @@ from .balls import make_ball
 from .guards import check_batch, check_labels, eval_mode
 from .losses import ce_loss
 from .pgd import PGD_STEP, steepest_direction
+from ._shapes import per_example
 
 __all__ = ['msd']
 
-
-def _rows(mask, like):
-    return mask.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 def msd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: dict, n_iter: int = 10, step_sizes: dict | None = None,
@@ -60,7 +58,7 @@ def msd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: dict, n_iter: i
                 correct &= pred == y
                 chosen += torch.bincount(pick, minlength=len(balls))
                 better = loss_new > loss_best
-                best = torch.where(_rows(better, x), x_new, best)
+                best = torch.where(per_example(better, x), x_new, best)
                 loss_best = torch.where(better, loss_new, loss_best)
             if i < n_iter - 1:   # the gradient at the last iterate is never used
                 x_adv = x_new.detach().requires_grad_(True)

@@ -9,15 +9,13 @@ from torch import nn
 from .balls import Ball, make_ball
 from .guards import check_batch, check_labels, eval_mode
 from .losses import ce_loss
+from ._shapes import per_example
 
 __all__ = ['PGD_STEP', 'SLIDE_PERCENTILE', 'steepest_direction', 'pgd']
 
 PGD_STEP = {'linf': 1 / 4, 'l2': 1 / 3, 'l1': 1 / 10}  # step size in units of eps (l1: our choice, eps/10)
 SLIDE_PERCENTILE = 99.0                                   # SLIDE keeps |grad| above this percentile
 
-
-def _rows(mask, like):
-    return mask.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 def steepest_direction(ball: Ball, grad: torch.Tensor, x_adv: torch.Tensor,
@@ -68,7 +66,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: floa
                 best, loss_best = x_adv.detach(), loss_now
             else:
                 better = loss_now > loss_best if keep == 'loss' else torch.ones_like(ok)
-                best = torch.where(_rows(better, x), x_adv.detach(), best)
+                best = torch.where(per_example(better, x), x_adv.detach(), best)
                 loss_best = torch.where(better, loss_now, loss_best)
             if i == n_iter:
                 break

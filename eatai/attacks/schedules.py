@@ -15,12 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from ._shapes import per_example
 
 __all__ = ['AttackState', 'OscillationSchedule', 'SparsitySchedule']
 
-
-def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 @dataclass
@@ -37,7 +35,7 @@ class AttackState:
 
     def restart_from_best(self, mask: torch.Tensor) -> None:
         """Examples in `mask` continue from their best point, with its gradient."""
-        m = _rows(mask, self.x_adv)
+        m = per_example(mask, self.x_adv)
         self.x_adv = torch.where(m, self.x_best, self.x_adv)
         self.grad = torch.where(m, self.grad_best, self.grad)
 
@@ -68,7 +66,7 @@ class OscillationSchedule:
         oscillating = n_increase <= self.rho * self.period
         stagnating = ~self.reduced_at_check & (self.loss_best_at_check >= state.loss_best)
         reduce = oscillating | stagnating
-        state.step_size = torch.where(_rows(reduce, state.step_size), state.step_size / 2, state.step_size)
+        state.step_size = torch.where(per_example(reduce, state.step_size), state.step_size / 2, state.step_size)
         state.restart_from_best(reduce)
         self.reduced_at_check = reduce
         self.loss_best_at_check = state.loss_best.clone()
@@ -99,7 +97,7 @@ class SparsitySchedule:
         # sparser best point (by > 5%): reset the step size and continue from there
         sparser = nonzero < 0.95 * self.nonzero_before
         state.sparsity = nonzero / self.d / 1.5
-        step = torch.where(_rows(sparser, state.step_size), self.base_step, state.step_size / self.step_decay)
+        step = torch.where(per_example(sparser, state.step_size), self.base_step, state.step_size / self.step_decay)
         state.step_size = step.clamp(self.base_step / self.min_step_ratio, self.base_step)
         state.restart_from_best(sparser)
         self.nonzero_before = nonzero

@@ -1,0 +1,129 @@
+"""What the scripts in recipes/ share: their arguments, data, model, and the before/after run.
+
+Each recipe is a short argument parser and one call to `run_recipe`, which evaluates the
+model, trains it as the recipe says, evaluates again, saves the checkpoint and the results
+JSON, and prints the paper-style table. `--smoke` runs the whole script on the bundled sample
+in a minute or two (tests run every recipe that way).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastai.torch_core import set_seed
+
+from ._io import atomic_torch_save, atomic_write_text
+from .data import arrays_dls, cifar10_dls, load_sample
+from .learner import robust_learner
+from .report import print_results
+
+__all__ = ['recipe_parser', 'recipe_dls', 'recipe_model', 'run_recipe', 'SMOKE']
+
+
+@dataclass(frozen=True)
+class _Smoke:
+    """The settings of a --smoke run: bundled data and checkpoint, tiny budget."""
+    n_train: int = 128
+    n_eval: int = 24
+    epochs: int = 1
+    bs: int = 32
+    n_iter: int = 2
+
+
+SMOKE = _Smoke()
+
+
+def recipe_parser(description: str, epochs: int = 3, lr: float = 0.05, bs: int = 128,
+                  dataset: str = 'cifar10') -> argparse.ArgumentParser:
+    """The arguments every recipe takes; recipes add their own."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument('--model', help='RobustBench id, checkpoint path (.pt/.pth) or architecture name '
+                                   '(default with --smoke: the bundled l-inf CNN)')
+    p.add_argument('--weights', help='weights for an architecture name given as --model')
+    p.add_argument('--data', help='dataset folder (CIFAR-10: npz files or train/test image folders; '
+                                  'default: download with fastai, or the bundled sample with --smoke)')
+    p.add_argument('--epochs', type=int, default=epochs)
+    p.add_argument('--lr', type=float, default=lr)
+    p.add_argument('--bs', type=int, default=bs)
+    p.add_argument('--n-iter', type=int, default=10, help='APGD steps of the training attacks')
+    p.add_argument('--n-eval', type=int, default=1000, help='test points for the robust evaluation')
+    p.add_argument('--budget', default='standard', choices=['standard', 'quick'])
+    p.add_argument('--dataset', default=dataset, help="whose radii: 'cifar10' or 'imagenet'")
+    p.add_argument('--out-dir', default='runs', help='where the checkpoint and results JSON go')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--smoke', action='store_true', help='run end to end on the bundled sample in a minute or two')
+    return p
+
+
+def _smoke(args) -> None:
+    """Shrink a run to the smoke budget, in place."""
+    args.epochs = min(args.epochs, SMOKE.epochs)
+    args.bs, args.n_iter, args.n_eval, args.budget = SMOKE.bs, SMOKE.n_iter, SMOKE.n_eval, 'quick'
+
+
+def recipe_dls(args):
+    """The bundled sample (--smoke) or CIFAR-10 from --data (or a download)."""
+    if args.smoke and args.data is None:
+        x_train, y_train, x_valid, y_valid = load_sample()
+        return arrays_dls(x_train[:SMOKE.n_train], y_train[:SMOKE.n_train], x_valid, y_valid, bs=args.bs)
+    return cifar10_dls(bs=args.bs, path=args.data)
+
+
+def recipe_model(args, scratch_arch: str | None = None):
+    """What --model names: a RobustBench id, a checkpoint or an architecture (with --weights).
+    Without --model: the bundled checkpoint for fine-tuning smoke runs, `scratch_arch` built
+    fresh for recipes that train from scratch."""
+    from .models import build_model
+    if args.model is None:
+        if scratch_arch is not None:
+            return build_model(scratch_arch, 10)
+        if not args.smoke:
+            raise ValueError("--model is required (a RobustBench id, a checkpoint path or an architecture name)")
+        from .demo import DEMO_CHECKPOINT
+        return str(DEMO_CHECKPOINT)
+    if args.weights is not None or not Path(args.model).exists():
+        from .models import load_model   # RobustBench ids, architecture names with --weights
+        return load_model(args.model, weights=args.weights)
+    return args.model
+
+
+def _slug(text: str) -> str:
+    return ''.join(c if c.isalnum() else '_' for c in text).strip('_').lower() or 'run'
+
+
+def run_recipe(args, slug: str, title: str, runs, evaluate_original: bool = True, scratch_arch: str | None = None,
+               dls=None) -> dict:
+    """For each (name, train) in `runs`: start from the same weights, `train(learn, args)`,
+    evaluate; save each model and one results JSON under --out-dir; print the table."""
+    if args.smoke:
+        _smoke(args)
+    set_seed(args.seed)
+    model = recipe_model(args, scratch_arch)
+    dls = dls if dls is not None else recipe_dls(args)
+    learn = robust_learner(dls, model, dataset=args.dataset)
+    start_state = copy.deepcopy(learn.model.state_dict())
+    evaluate = dict(n=args.n_eval, budget=args.budget, seed=args.seed, progress=not args.smoke)
+    rows, seconds, out = [], {}, Path(args.out_dir)
+    if evaluate_original:
+        rows.append(('original', learn.robust_eval(name='original', **evaluate)))
+    for name, train in runs:
+        learn.model.load_state_dict(start_state)
+        learn.opt = None          # every run starts with a fresh optimiser
+        set_seed(args.seed)
+        start = time.perf_counter()
+        train(learn, args)
+        seconds[name] = time.perf_counter() - start
+        rows.append((name, learn.robust_eval(name=name, **evaluate)))
+        history = getattr(getattr(learn, 'adversarial_training', None), 'history', [])
+        atomic_torch_save({'state_dict': learn.model.state_dict(), 'recipe': slug, 'run': name, 'args': vars(args),
+                           'history': history}, out / f'{slug}_{_slug(name)}.pt')
+    results = {'recipe': slug, 'args': vars(args), 'train_seconds': seconds,
+               'results': {name: r.to_dict() for name, r in rows}}
+    path = atomic_write_text(json.dumps(results, indent=1), out / f'{slug}.json')
+    print_results(rows, title=title)
+    print(f"training seconds: {', '.join(f'{k} {v:.0f}' for k, v in seconds.items())}; results in {path}")
+    return results

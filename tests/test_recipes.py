@@ -1,0 +1,49 @@
+"""Every recipe runs end to end in --smoke mode and leaves its checkpoint and results JSON."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p for p in (REPO / 'recipes').glob('*.py')
+                 if p.stem not in ('quickstart', 'train_demo_checkpoint'))   # those two have their own tests
+SHARED_DATA = REPO.parent / 'shared' / 'data'
+
+
+def load(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('path', RECIPES, ids=lambda p: p.stem)
+def test_recipe_smoke(path, tmp_path, capsys):
+    load(path).main(['--smoke', '--out-dir', str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert 'union' in printed and 'quick budget' in printed
+    results = json.loads((tmp_path / f'{path.stem}.json').read_text())
+    assert results['recipe'] == path.stem and results['args']['smoke']
+    runs = [name for name in results['results'] if name != 'original']
+    assert runs and len(list(tmp_path.glob(f'{path.stem}_*.pt'))) == len(runs)
+    for r in results['results'].values():
+        assert r['n'] == 24 and 0 <= r['union'] <= min(r['robust'].values()) <= r['clean'] <= 1
+    saved = torch.load(next(tmp_path.glob(f'{path.stem}_*.pt')), weights_only=False)
+    assert saved['recipe'] == path.stem and saved['state_dict']
+
+
+def test_recipes_need_a_model_outside_smoke(tmp_path):
+    with pytest.raises(ValueError, match='--model'):
+        load(REPO / 'recipes' / 'cifar_multinorm_finetune.py').main(['--data', str(SHARED_DATA), '--out-dir', str(tmp_path)])
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason='needs ../shared/data')
+def test_train_demo_checkpoint_recipe(tmp_path):
+    out = tmp_path / 'ckpt.pt'
+    load(REPO / 'recipes' / 'train_demo_checkpoint.py').main(['--n-train', '64', '--epochs', '1', '--width', '4',
+                                                              '--out', str(out)])
+    from eatai.models import load_checkpoint
+    model = load_checkpoint(out)
+    assert model.meta['epochs'] == 1 and model.meta['n_train'] == 64 and model.meta['scheme'] == 'linf'
