@@ -2,7 +2,19 @@
 from fastai.torch_core import set_seed
 
 from .attacks import apgd, apgd_targeted, l1_box_projection
-from .callbacks import AVG, EAT, MAX, MSD, SAT, AdversarialTraining, AttackSettings, SingleNorm, Strategy, Switch, make_strategy
+from .callbacks import (
+           AVG,
+           EAT,
+           MAX,
+           MSD,
+           SAT,
+           AdversarialTraining,
+           AttackSettings,
+           SingleNorm,
+           Strategy,
+           Switch,
+           make_strategy,
+)
 from .data import CIFAR10_CLASSES, arrays_dls, cifar10_dls, load_sample, sample_dls
 from .evaluate import EvalBudget, RobustResult, evaluate_robustness
 from .finetune import finetune_schedule, piecewise_schedule, set_adversary

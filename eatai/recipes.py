@@ -86,7 +86,7 @@ def recipe_model(args, scratch_arch: str | None = None):
         from .demo import DEMO_CHECKPOINT
         return str(DEMO_CHECKPOINT)
     if args.weights is not None or not Path(args.model).exists():
-        from .models import load_model   # RobustBench ids, architecture names with --weights
+        from .models import load_model  # RobustBench ids, architecture names with --weights
         return load_model(args.model, weights=args.weights)
     return args.model
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fastai.torch_core import set_seed
 
-from eatai.all import cifar10_dls, robust_learner, save_checkpoint, build_model
+from eatai.all import build_model, cifar10_dls, robust_learner, save_checkpoint
 
 HERE = Path(__file__).resolve().parent
 

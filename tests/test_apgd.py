@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CountingModel
 from torch import nn
 
-from conftest import CountingModel, TinyNet
-from eatai.attacks import EVALUATION, apgd, apgd_targeted, lp_norm, make_ball
+from eatai.attacks import EVALUATION, apgd, apgd_targeted, make_ball
 from eatai.threats import NORMS
 
 EPS = {'linf': 8 / 255, 'l2': 0.5, 'l1': 12.0}

@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback
+from test_training import N_ITER, Spy, tiny_dls, tiny_learner
 
 from eatai.attacks import make_ball
 from eatai.callbacks import AVG, MAX, MSD, SAT, AttackSettings, Switch, make_strategy
 from eatai.callbacks.strategies import EAT, SingleNorm
-from test_training import N_ITER, Spy, tiny_dls, tiny_learner
 
 
 @pytest.mark.parametrize('scheme', ['max', 'avg', 'msd', 'sat', 'eat', 'l2', 'l2>eat@1'])

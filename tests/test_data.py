@@ -14,8 +14,18 @@ from fastai.torch_core import TensorCategory, TensorImage, set_seed
 from fastai.vision.core import cifar_stats
 from PIL import Image
 
-from eatai.data import (CIFAR10_CLASSES, SAMPLE_PATH, PadCropFlip, arrays_dls, check_dls, cifar10_dls, load_sample,
-                        pad_crop_flip, sample_dls, sample_info)
+from eatai.data import (
+    CIFAR10_CLASSES,
+    SAMPLE_PATH,
+    PadCropFlip,
+    arrays_dls,
+    check_dls,
+    cifar10_dls,
+    load_sample,
+    pad_crop_flip,
+    sample_dls,
+    sample_info,
+)
 from eatai.data.build_sample import balanced_indices
 from eatai.data.codec import decode_images, encode_images, read_arrays, write_arrays
 

@@ -1,11 +1,11 @@
 """evaluate_robustness: per-example union, exactness, AutoAttack's budget and agreement, hygiene."""
 import pytest
 import torch
+from conftest import TinyNet
 from pyautoattack import AutoAttack
 from pyautoattack.autopgd_base import APGDAttack
 from torch import nn
 
-from conftest import TinyNet
 from eatai.evaluate import APGDSettings, EvalBudget, RobustResult, evaluate_robustness
 from eatai.threats import NORMS, ThreatModel
 

@@ -1,5 +1,4 @@
 """Every notebook in nbs/ runs top to bottom (on a reduced budget) and keeps its outputs."""
-import os
 from pathlib import Path
 
 import nbformat

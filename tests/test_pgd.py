@@ -2,14 +2,14 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import CountingModel
+from test_apgd import linear_problem
+
 from eatai.attacks import make_ball
 from eatai.attacks.losses import ce_loss
 from eatai.attacks.msd import msd
 from eatai.attacks.pgd import PGD_STEP, pgd, steepest_direction
 from eatai.threats import NORMS
-from test_apgd import linear_problem
 
 EPS = {'linf': 8 / 255, 'l2': 0.5, 'l1': 12.0}
 

@@ -2,8 +2,16 @@ import math
 
 import pytest
 
-from eatai.threats import (DEFAULT_EPS, NORMS, ThreatModel, canonical_norm, default_eps, default_threats,
-                           parse_eps, parse_threat)
+from eatai.threats import (
+    DEFAULT_EPS,
+    NORMS,
+    ThreatModel,
+    canonical_norm,
+    default_eps,
+    default_threats,
+    parse_eps,
+    parse_threat,
+)
 
 
 def test_paper_radii():

@@ -9,8 +9,18 @@ from fastai.data.transforms import Normalize
 from fastai.torch_core import set_seed
 from torch import nn
 
-from eatai.all import (EAT, AdversarialTraining, Normalized, SingleNorm, arrays_dls, finetune_schedule,
-                       make_strategy, piecewise_schedule, robust_learner, save_checkpoint, build_model)
+from eatai.all import (
+    EAT,
+    Normalized,
+    SingleNorm,
+    arrays_dls,
+    build_model,
+    finetune_schedule,
+    make_strategy,
+    piecewise_schedule,
+    robust_learner,
+    save_checkpoint,
+)
 from eatai.attacks import make_ball
 from eatai.callbacks import AttackSettings, RunningMean
 from eatai.models.cifar_cnn import CifarCNN

@@ -12,11 +12,11 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from ._shapes import per_example
 from .balls import Ball, make_ball
 from .guards import check_batch, check_labels, eval_mode
 from .losses import get_loss
 from .schedules import AttackState
-from ._shapes import per_example
 
 __all__ = ['APGDConfig', 'EVALUATION', 'apgd', 'apgd_targeted']
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 
 from ..threats import NORMS, ThreatModel
+from ._shapes import per_example
 from .projection import l1_box_projection
 from .schedules import OscillationSchedule, SparsitySchedule
-from ._shapes import per_example
 
 __all__ = ['Ball', 'LinfBall', 'L2Ball', 'L1Ball', 'make_ball', 'lp_norm']
 

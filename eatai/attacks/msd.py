@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._shapes import per_example
 from .balls import make_ball
 from .guards import check_batch, check_labels, eval_mode
 from .losses import ce_loss
 from .pgd import PGD_STEP, steepest_direction
-from ._shapes import per_example
 
 __all__ = ['msd']
 

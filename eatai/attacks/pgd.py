@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._shapes import per_example
 from .balls import Ball, make_ball
 from .guards import check_batch, check_labels, eval_mode
 from .losses import ce_loss
-from ._shapes import per_example
 
 __all__ = ['PGD_STEP', 'SLIDE_PERCENTILE', 'steepest_direction', 'pgd']
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from ._shapes import per_example
 
 __all__ = ['AttackState', 'OscillationSchedule', 'SparsitySchedule']

@@ -5,7 +5,6 @@ import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
-import torch
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 from fastai.learner import Metric

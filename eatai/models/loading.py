@@ -182,16 +182,17 @@ def load_robustbench(model_id: str, dataset: str = 'cifar10', threat_model: str 
 
 
 def _from_file(path: Path, weights, mean, std) -> nn.Module:
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; pass the checkpoint file inside it")
     if weights is not None or mean is not None or std is not None:
         raise ValueError("an eatai checkpoint carries its own weights and normalisation: pass weights, mean and "
                          "std only with an architecture name")
-    try:
-        return load_checkpoint(path)
-    except ValueError:   # weights without an architecture: say how to pair them
-        raise ValueError(f"{path} holds weights but no architecture (it is not an eatai checkpoint): pass the "
-                         f"architecture name and the file, e.g. load_model('<arch>', weights={str(path)!r})") from None
+    try:   # mmap: telling the format apart reads no tensor data
+        state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception:   # pickled objects, the legacy format, not a torch file: not ours either way
+        state = None
+    if not is_eatai_checkpoint(state):
+        raise ValueError(f"{path} is not an eatai checkpoint (architecture + weights). If it holds only weights, "
+                         f"pass the architecture name with it: load_model('<arch>', weights={str(path)!r})")
+    return load_checkpoint(path)
 
 
 def load_model(arch, weights=None, num_classes: int = 10, mean=None, std=None, trusted: bool = False,
@@ -200,9 +201,9 @@ def load_model(arch, weights=None, num_classes: int = 10, mean=None, std=None, t
     else a timm name (built with `build_model`, `kwargs` to timm; `weights`, a file or state dict,
     loaded into the inner model); else a RobustBench id (`kwargs`: dataset, threat_model, model_dir)."""
     path = Path(str(arch)).expanduser()
-    if isinstance(arch, Path) or path.exists() or path.suffix in ('.pt', '.pth'):
-        if not path.exists():
-            raise FileNotFoundError(f"no checkpoint at {path}")
+    if isinstance(arch, Path) or path.is_file() or path.suffix in ('.pt', '.pth'):
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint file at {path}")
         return _from_file(path, weights, mean, std)
     if not isinstance(arch, str):
         raise TypeError(f"arch must be a checkpoint path, a timm model name or a RobustBench id, "
