@@ -1,11 +1,12 @@
 """A miniature of the paper's Table 6: fine-tune an l-inf-robust CNN with E-AT and with l1-AT.
 
 On 10,000 CIFAR-10 training images of ../shared/data: train eatai's small CNN with l-inf AT
-for a few epochs, then from that same start run 3 epochs of `eat_finetune` and 3 epochs of
-`transfer_finetune('l1')`. Prints clean / l-inf / l2 / l1 / union robust accuracy of the three
-models (APGD-CE + APGD-T) and the seconds per epoch of each phase; writes the figures as JSON.
+for a few epochs, then from that same start fine-tune for 3 epochs with each scheme of
+`--schemes` (default: E-AT and l1, i.e. `eat_finetune` and `transfer_finetune('l1')`; add
+`max msd` for the baselines). Prints clean / l-inf / l2 / l1 / union robust accuracy of every
+model (APGD-CE + APGD-T) and the seconds per epoch of each phase; writes the figures as JSON.
 
-    python bench/finetune_mini.py [--n-train 10000] [--at-epochs 5] [--n-eval 500] [--budget standard]
+    python bench/finetune_mini.py [--n-train 10000] [--at-epochs 5] [--n-eval 500] [--schemes eat l1 max msd]
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from fastai.torch_core import set_seed
 
 from eatai.all import build_model, cifar10_dls, print_results, robust_learner
@@ -40,24 +42,31 @@ def main():
     parser.add_argument('--n-eval', type=int, default=500)
     parser.add_argument('--budget', default='standard', choices=['standard', 'quick'])
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--schemes', nargs='+', default=['eat', 'l1'], help='fine-tuning schemes to compare')
+    parser.add_argument('--start', help='an l-inf-AT state dict saved by an earlier run (skips the AT phase)')
     parser.add_argument('--out', default='finetune_mini.json')
     args = parser.parse_args()
 
     set_seed(args.seed)
     dls = cifar10_dls(bs=args.bs, path=args.data, n_train=args.n_train)
     learn = robust_learner(dls, build_model('cifar_cnn', 10, width=args.width))
-    seconds = {'linf_at': timed_fit(lambda: learn.fit_adversarial(args.at_epochs, args.lr, scheme='linf'), args.at_epochs)}
+    seconds = {}
+    if args.start:
+        learn.model.load_state_dict(torch.load(args.start, weights_only=True))
+    else:
+        seconds['linf_at'] = timed_fit(lambda: learn.fit_adversarial(args.at_epochs, args.lr, scheme='linf'),
+                                       args.at_epochs)
+        torch.save(learn.model.state_dict(), Path(args.out).with_suffix('.start.pt'))
     start_state = copy.deepcopy(learn.model.state_dict())
     evaluate = dict(n=args.n_eval, budget=args.budget, seed=args.seed)
     rows = [('l-inf AT', learn.robust_eval(**evaluate))]
 
-    for name, run in [('+ E-AT FT', lambda l: l.eat_finetune(args.ft_epochs, args.lr)),
-                      ('+ l1 FT', lambda l: l.transfer_finetune('l1', args.ft_epochs, args.lr))]:
+    for scheme in args.schemes:
         set_seed(args.seed)
         ft = robust_learner(dls, build_model('cifar_cnn', 10, width=args.width))
         ft.model.load_state_dict(start_state)
-        seconds[name] = timed_fit(lambda: run(ft), args.ft_epochs)
-        rows.append((name, ft.robust_eval(**evaluate)))
+        seconds[scheme] = timed_fit(lambda: ft.finetune_adversarial(scheme, args.ft_epochs, args.lr), args.ft_epochs)
+        rows.append((f'+ {scheme} FT', ft.robust_eval(**evaluate)))
 
     print_results(rows, title=f'fine-tuning an l-inf-robust CNN ({args.n_train} training images)')
     print('seconds per epoch: ' + ', '.join(f'{k} {v:.1f}' for k, v in seconds.items()))

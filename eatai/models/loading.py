@@ -131,7 +131,9 @@ def load_weights(model: nn.Module, path_or_state, strict: bool = True, trusted: 
     own = target.state_dict()
     mismatched = [(k, tuple(own[k].shape), tuple(v.shape)) for k, v in state.items()
                   if k in own and own[k].shape != v.shape]
-    missing, unexpected = own.keys() - state.keys(), state.keys() - own.keys()
+    # BatchNorm fills in a missing num_batches_tracked itself (checkpoints from before torch 0.4.1)
+    missing = {k for k in own.keys() - state.keys() if not k.endswith('num_batches_tracked')}
+    unexpected = state.keys() - own.keys()
     if mismatched or (strict and (missing or unexpected)):
         msg = f"the weights in {source} do not fit {type(target).__name__}:"
         if mismatched:
