@@ -18,7 +18,7 @@ from ._io import atomic_torch_save
 from .callbacks import AdversarialTraining
 from .data import check_dls
 from .evaluate import RobustResult, evaluate_robustness
-from .models import Normalized, build_model, load_checkpoint
+from .models import Normalized, load_model, load_weights
 from .threats import default_threats
 
 __all__ = ['RobustLearner', 'robust_learner', 'paper_sgd']
@@ -67,27 +67,27 @@ class RobustLearner(Learner):
         return self
 
 
-def _as_model(arch, n_classes: int, mean, std) -> nn.Module:
+def _as_model(arch, n_classes: int, mean, std, weights) -> nn.Module:
     if isinstance(arch, nn.Module):
+        if weights is not None:
+            load_weights(arch, weights)
         return arch if mean is None and std is None else Normalized(arch, mean, std)
-    if isinstance(arch, (str, Path)) and (Path(arch).suffix in ('.pt', '.pth') or Path(arch).exists()):
-        model = load_checkpoint(arch)
-        if mean is not None or std is not None:
-            raise ValueError("a checkpoint carries its own normalisation: do not pass mean/std with it")
-        return model
-    if isinstance(arch, str):
-        return build_model(arch, n_classes, mean, std)
-    raise TypeError(f"arch must be an nn.Module, a timm model name or a checkpoint path, got {type(arch).__name__}")
+    if isinstance(arch, (str, Path)):
+        return load_model(arch, weights=weights, num_classes=n_classes, mean=mean, std=std)
+    raise TypeError(f"arch must be an nn.Module, a timm model name, a RobustBench id or a checkpoint path, "
+                    f"got {type(arch).__name__}")
 
 
-def robust_learner(dls, arch, mean=None, std=None, dataset: str = 'cifar10', opt_func=None, metrics=accuracy,
-                   loss_func=None, check_data: bool = True, **kwargs) -> RobustLearner:
+def robust_learner(dls, arch, mean=None, std=None, weights=None, dataset: str = 'cifar10', opt_func=None,
+                   metrics=accuracy, loss_func=None, check_data: bool = True, **kwargs) -> RobustLearner:
     """A Learner for adversarial training and robust evaluation in [0,1] pixel space.
 
     arch: an `nn.Module` taken as it is (it must accept [0,1] inputs, as RobustBench models
     do; `mean`/`std` put a normalisation layer in front of it), a timm model name (built with
-    `dls.c` classes, normalised with `mean`/`std` or its config's), or the path of an eatai
-    checkpoint. Defaults follow the paper: SGD, momentum 0.9, weight decay 5e-4.
+    `dls.c` classes, normalised with `mean`/`std` or its config's), a RobustBench id, or the
+    path of an eatai checkpoint. weights: a state-dict file to load into it (`load_weights`
+    accepts the usual wrappers and prefixes). Defaults follow the paper: SGD, momentum 0.9,
+    weight decay 5e-4.
     dataset: whose radii the training and evaluation defaults use ('cifar10', 'imagenet').
     DataLoaders that normalise or yield data outside [0,1] are refused (`check_data=False` skips it).
     """
@@ -95,7 +95,7 @@ def robust_learner(dls, arch, mean=None, std=None, dataset: str = 'cifar10', opt
         check_dls(dls)
     default_threats(dataset)  # validates the name
     n_classes = getattr(dls, 'c', None)
-    model = _as_model(arch, n_classes, mean, std)
+    model = _as_model(arch, n_classes, mean, std, weights)
     learn = RobustLearner(dls, model, loss_func=loss_func or CrossEntropyLossFlat(),
                           opt_func=opt_func or paper_sgd(), metrics=metrics, **kwargs)
     learn.threat_dataset = dataset

@@ -44,8 +44,12 @@ def recipe_parser(description: str, epochs: int = 3, lr: float = 0.05, bs: int =
     p.add_argument('--model', help='RobustBench id, checkpoint path (.pt/.pth) or architecture name '
                                    '(default with --smoke: the bundled l-inf CNN)')
     p.add_argument('--weights', help='weights for an architecture name given as --model')
+    p.add_argument('--mean', type=float, nargs=3, help="the checkpoint's input normalisation (default: the "
+                   "architecture's, CIFAR-10's for eatai's; many checkpoints use none: --mean 0 0 0 --std 1 1 1)")
+    p.add_argument('--std', type=float, nargs=3)
     p.add_argument('--data', help='dataset folder (CIFAR-10: npz files or train/test image folders; '
                                   'default: download with fastai, or the bundled sample with --smoke)')
+    p.add_argument('--extra', help="Carmon et al.'s extra data (pickle or npz): batches become half standard, half extra")
     p.add_argument('--epochs', type=int, default=epochs)
     p.add_argument('--lr', type=float, default=lr)
     p.add_argument('--bs', type=int, default=bs)
@@ -70,25 +74,26 @@ def recipe_dls(args):
     if args.smoke and args.data is None:
         x_train, y_train, x_valid, y_valid = load_sample()
         return arrays_dls(x_train[:SMOKE.n_train], y_train[:SMOKE.n_train], x_valid, y_valid, bs=args.bs)
-    return cifar10_dls(bs=args.bs, path=args.data)
+    return cifar10_dls(bs=args.bs, path=args.data, extra=getattr(args, 'extra', None))
 
 
-def recipe_model(args, scratch_arch: str | None = None):
+def _check_model_given(args, scratch_arch) -> None:
+    if args.model is None and scratch_arch is None and not args.smoke:
+        raise ValueError("--model is required (a RobustBench id, a checkpoint path or an architecture name)")
+
+
+def recipe_model(args, n_classes: int = 10, scratch_arch: str | None = None):
     """What --model names: a RobustBench id, a checkpoint or an architecture (with --weights).
     Without --model: the bundled checkpoint for fine-tuning smoke runs, `scratch_arch` built
     fresh for recipes that train from scratch."""
-    from .models import build_model
+    from .models import build_model, load_model
+    _check_model_given(args, scratch_arch)
     if args.model is None:
         if scratch_arch is not None:
-            return build_model(scratch_arch, 10)
-        if not args.smoke:
-            raise ValueError("--model is required (a RobustBench id, a checkpoint path or an architecture name)")
+            return build_model(scratch_arch, n_classes)
         from .demo import DEMO_CHECKPOINT
-        return str(DEMO_CHECKPOINT)
-    if args.weights is not None or not Path(args.model).exists():
-        from .models import load_model  # RobustBench ids, architecture names with --weights
-        return load_model(args.model, weights=args.weights)
-    return args.model
+        return load_model(DEMO_CHECKPOINT)
+    return load_model(args.model, weights=args.weights, num_classes=n_classes, mean=args.mean, std=args.std)
 
 
 def _slug(text: str) -> str:
@@ -102,9 +107,9 @@ def run_recipe(args, slug: str, title: str, runs, evaluate_original: bool = True
     if args.smoke:
         _smoke(args)
     set_seed(args.seed)
-    model = recipe_model(args, scratch_arch)
+    _check_model_given(args, scratch_arch)   # before loading any data
     dls = dls if dls is not None else recipe_dls(args)
-    learn = robust_learner(dls, model, dataset=args.dataset)
+    learn = robust_learner(dls, recipe_model(args, dls.c, scratch_arch), dataset=args.dataset)
     start_state = copy.deepcopy(learn.model.state_dict())
     evaluate = dict(n=args.n_eval, budget=args.budget, seed=args.seed, progress=not args.smoke)
     rows, seconds, out = [], {}, Path(args.out_dir)

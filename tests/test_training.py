@@ -270,12 +270,17 @@ def test_arch_forms(tmp_path):
     loaded = robust_learner(dls, path).model.eval()
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(loaded(x), original(x))
-    with pytest.raises(ValueError, match='unknown architecture'):
+    with pytest.raises(ValueError, match='unknown model'):
         robust_learner(dls, 'no_such_model_xyz')
     with pytest.raises(TypeError):
         robust_learner(dls, 42)
     with pytest.raises(FileNotFoundError):
         robust_learner(dls, tmp_path / 'missing.pt')
+    state = tmp_path / 'w.pth'
+    torch.save({'state_dict': {f'module.{k}': v for k, v in original.model.state_dict().items()}}, state)
+    from_weights = robust_learner(dls, CifarCNN(width=4), weights=state, mean=(0.5,) * 3, std=(0.5,) * 3).model.eval()
+    original.mean.fill_(0.5), original.std.fill_(0.5)
+    assert torch.equal(from_weights(x), original(x))   # wrappers and prefixes of training scripts load
 
 
 def test_save_and_load_keep_the_strategy_state(tmp_path):

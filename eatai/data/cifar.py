@@ -14,6 +14,7 @@ from fastai.data.core import DataLoaders
 from fastai.data.transforms import get_image_files
 
 from .codec import decode_images, read_arrays
+from .extra import load_extra, mixed_dls
 from .loaders import CIFAR10_CLASSES, arrays_dls
 
 __all__ = ['SAMPLE_PATH', 'load_sample', 'sample_info', 'sample_dls', 'cifar10_dls']
@@ -147,13 +148,18 @@ def _download() -> Path:
 
 
 def cifar10_dls(bs: int = 128, path=None, n_train: int | None = None, n_valid: int | None = None,
-                augment: bool = True, **kwargs) -> DataLoaders:
+                augment: bool = True, extra=None, n_extra: int | None = None, **kwargs) -> DataLoaders:
     """CIFAR-10 DataLoaders in [0,1] (see `arrays_dls`), read from `path`: a folder with
     cifar10_train*.npz and cifar10_test.npz, or fastai's train/<class>/*.png and test/<class>/*.png;
     None downloads with fastai's `untar_data(URLs.CIFAR)`. n_train takes the first n training
-    images after a fixed-seed shuffle, n_valid the first n test images in their stored order."""
+    images after a fixed-seed shuffle, n_valid the first n test images in their stored order.
+    extra: Carmon et al.'s 500k extra images (see `load_extra`); each training batch is then
+    half standard, half extra, and an epoch is counted over the standard set (paper Sec. 4.3)."""
     path = _download() if path is None else Path(path).expanduser()
     reader, train, test = _locate(path)
     x_train, y_train, x_valid, y_valid, vocab = reader(train, test, n_train, n_valid)
     kwargs.setdefault('vocab', vocab)
+    if extra is not None:
+        return mixed_dls(x_train, y_train, x_valid, y_valid, *load_extra(extra, n=n_extra), bs=bs, augment=augment,
+                         **kwargs)
     return arrays_dls(x_train, y_train, x_valid, y_valid, bs=bs, augment=augment, **kwargs)

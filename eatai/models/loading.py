@@ -70,10 +70,10 @@ def _load_file(path: Path, trusted: bool):
             needs = ', '.join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or 'unknown objects'
         except Exception:   # not a zip checkpoint (legacy format): torch's own message says enough
             needs = str(e).splitlines()[0]
+        resave = f"torch.save(torch.load({str(path)!r}, weights_only=False)['state_dict'], 'weights.pt')"
         raise ValueError(f"{path} holds pickled Python objects besides the weights ({needs}); torch.load with "
                          "weights_only=True refuses them because unpickling can run arbitrary code. If you trust "
-                         "the file, pass trusted=True, or re-save only its state dict once: "
-                         f"torch.save(torch.load({str(path)!r}, weights_only=False)['state_dict'], 'weights.pt')") from None
+                         f"the file, pass trusted=True, or re-save only its state dict once: {resave}") from None
 
 
 def load_state_dict_file(path, trusted: bool = False) -> dict:
@@ -120,8 +120,8 @@ def _listing(keys, what: str) -> str:
 def load_weights(model: nn.Module, path_or_state, strict: bool = True, trusted: bool = False):
     """Load a weights file (see `load_state_dict_file`) or a state dict into `model`: into
     `model.model` when `model` is a Normalized wrapper and the keys are its inner model's.
-    Shape mismatches always raise one ValueError naming every parameter; missing and unexpected
-    keys raise too when `strict`. Returns torch's (missing_keys, unexpected_keys)."""
+    Shape mismatches always raise one ValueError naming each parameter with both shapes; missing
+    and unexpected keys raise too when `strict`. Returns torch's (missing_keys, unexpected_keys)."""
     if isinstance(path_or_state, Mapping):
         state = _strip_prefixes(_unwrap(path_or_state, 'the state dict given'))
         source = 'the state dict given'
@@ -151,24 +151,30 @@ def load_weights(model: nn.Module, path_or_state, strict: bool = True, trusted: 
 
 
 def _arch_hint(model_id: str) -> str:
-    """The eatai architecture a RobustBench id suggests ('..._70_16...' -> 'wrn_70_16'), for messages."""
-    m = re.search(r'_(\d{2})_(\d{1,2})(?:_|$)', model_id)
-    return f"wrn_{m.group(1)}_{m.group(2)}" if m else '<architecture>'
+    """The eatai architecture a RobustBench id suggests, for messages: '..._70_16...' -> 'wrn_70_16',
+    or 'wrn_70_16_dm' for the DeepMind-layout WideResNets of Gowal et al. and Rebuffi et al."""
+    m = re.search(r'[_-](\d{2})[_-](\d{1,2})(?:[_-]|$)', model_id)
+    if m is None:
+        return '<architecture>'
+    return f"wrn_{m.group(1)}_{m.group(2)}" + ('_dm' if model_id.startswith(('Gowal', 'Rebuffi')) else '')
+
+
+def _by_hand(model_id: str) -> str:
+    arch = _arch_hint(model_id)
+    return (f"load it by hand: download the checkpoint file of {model_id} (RobustBench's model zoo links it: "
+            f"{_RB_ZOO}) and pass its path with the matching architecture name, e.g. "
+            f"robust_learner(dls, {arch!r}, weights='path.pt') or load_model({arch!r}, weights='path.pt').")
 
 
 def _robustbench_loader(model_id: str):
     try:
         from robustbench.utils import load_model as rb_load_model
     except Exception as e:   # absent, or its PyPI release failing inside (pkg_resources, autoattack)
-        arch = _arch_hint(model_id)
-        install = (" Install it from GitHub: pip install git+https://github.com/RobustBench/robustbench.git."
+        install = (" RobustBench installs from GitHub (pip install git+https://github.com/RobustBench/robustbench.git;"
+                   " it pins its own timm)."
                    if isinstance(e, ModuleNotFoundError) and e.name == 'robustbench' else '')
-        raise ImportError(
-            f"robustbench could not be imported ({type(e).__name__}: {e}), so the RobustBench id {model_id!r} "
-            f"cannot be loaded by name.{install} Or load it by hand: download the checkpoint file of {model_id} "
-            f"(RobustBench's model zoo links it: {_RB_ZOO}) and pass its path with the matching architecture "
-            f"name, e.g. robust_learner(dls, {arch!r}, weights='path.pt') or "
-            f"load_model({arch!r}, weights='path.pt').") from e
+        raise ImportError(f"robustbench could not be imported ({type(e).__name__}: {e}), so the RobustBench id "
+                          f"{model_id!r} cannot be loaded by name.{install} Or {_by_hand(model_id)}") from e
     return rb_load_model
 
 
@@ -180,7 +186,12 @@ def load_robustbench(model_id: str, dataset: str = 'cifar10', threat_model: str 
     rb_load_model = _robustbench_loader(model_id)
     # RobustBench names its threat models 'Linf', 'L2'; accept eatai's lower-case names too
     threat_model = {'linf': 'Linf', 'l2': 'L2', 'l1': 'L1'}.get(threat_model.lower(), threat_model)
-    return rb_load_model(model_name=model_id, model_dir=str(model_dir), dataset=dataset, threat_model=threat_model)
+    try:
+        return rb_load_model(model_name=model_id, model_dir=str(model_dir), dataset=dataset, threat_model=threat_model)
+    except Exception as e:   # an unknown id, no network for the download: the manual route still works
+        raise RuntimeError(f"robustbench could not load {model_id!r} for {dataset}/{threat_model} "
+                           f"({type(e).__name__}: {e}). Check the id, dataset and threat model, or "
+                           + _by_hand(model_id)) from e
 
 
 def _from_file(path: Path, weights, mean, std) -> nn.Module:
