@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from ._autograd import input_grad
 from ._shapes import per_example
 from .balls import Ball, make_ball
 from .guards import check_batch, check_labels, eval_mode
@@ -35,6 +36,7 @@ class APGDConfig:
     l1_sparsity: float = 0.05      # l1: initial fraction of coordinates moved per step
     keep: str = 'loss'             # 'loss': highest-loss iterate; 'misclassified': prefer a misclassified one
     seed: int | None = None        # seeds the random start
+    grad_scale: float = 1.0        # loss scale for the input gradient (fp16 autocast: e.g. 1024)
 
     def __post_init__(self):
         if isinstance(self.n_iter, bool) or not isinstance(self.n_iter, int) or self.n_iter < 1:
@@ -48,6 +50,8 @@ class APGDConfig:
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+        if not self.grad_scale > 0:
+            raise ValueError(f"grad_scale must be > 0, got {self.grad_scale!r}")
         if self.keep not in _KEEP:
             raise ValueError(f"keep must be one of {_KEEP}, got {self.keep!r}")
 
@@ -88,7 +92,7 @@ def _single_run(model, x, y, ball: Ball, cfg: APGDConfig, y_target, generator) -
                 check_labels(y, logits)
             loss = loss_fn(logits, y, y_target)
         # autograd.grad w.r.t. the input only: parameter .grad stays untouched
-        grad = torch.autograd.grad(loss.sum(), x_adv)[0].detach() if need_grad else None
+        grad = input_grad(loss, x_adv, cfg.grad_scale) if need_grad else None
         return logits.detach(), loss.detach(), grad
 
     x_adv = ball.random_start(x, generator) if cfg.random_start else x.clone()

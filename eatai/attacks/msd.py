@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._autograd import input_grad
 from ._shapes import per_example
 from .balls import make_ball
 from .guards import check_batch, check_labels, eval_mode
@@ -21,7 +22,7 @@ __all__ = ['msd']
 
 
 def msd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: dict, n_iter: int = 10, step_sizes: dict | None = None,
-        return_loss: bool = False):
+        return_loss: bool = False, grad_scale: float = 1.0):
     """MSD over the threat models `eps` = {norm: radius}, starting at x.
 
     Returns (x_adv, correct, chosen[, loss]): the highest-loss iterate, a (B,) bool tensor True
@@ -45,7 +46,7 @@ def msd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: dict, n_iter: i
         correct = logits.detach().argmax(dim=1) == y
         best, loss_best = x.clone(), loss.detach()
         for i in range(n_iter):
-            grad, = torch.autograd.grad(loss.sum(), x_adv)
+            grad = input_grad(loss, x_adv, grad_scale)
             with torch.no_grad():
                 candidates = torch.stack([b.project(x, x_adv + s * steepest_direction(b, grad, x_adv))
                                           for b, s in zip(balls, steps)])                # (P, B, ...)

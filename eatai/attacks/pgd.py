@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._autograd import input_grad
 from ._shapes import per_example
 from .balls import Ball, make_ball
 from .guards import check_batch, check_labels, eval_mode
@@ -32,11 +33,11 @@ def steepest_direction(ball: Ball, grad: torch.Tensor, x_adv: torch.Tensor,
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, n_iter: int = 10,
         step_size: float | None = None, random_start: bool = False, keep: str = 'last',
-        return_loss: bool = False, generator: torch.Generator | None = None):
+        return_loss: bool = False, generator: torch.Generator | None = None, grad_scale: float = 1.0):
     """Projected gradient ascent on the cross-entropy in the `norm` ball (radius eps) within [0,1].
 
     step_size defaults to `PGD_STEP[norm] * eps`. keep: 'last' iterate (standard PGD) or the
-    highest-'loss' one. Returns (x_adv, correct[, loss]) like `apgd`: correct is True where the
+    highest-'loss' one. grad_scale: see `input_grad`. Returns (x_adv, correct[, loss]) like `apgd`: correct is True where the
     example was classified correctly at every iterate; n_iter + 1 forwards, n_iter backwards.
     """
     if keep not in ('last', 'loss'):
@@ -70,7 +71,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: floa
                 loss_best = torch.where(better, loss_now, loss_best)
             if i == n_iter:
                 break
-            grad, = torch.autograd.grad(loss.sum(), x_adv)
+            grad = input_grad(loss, x_adv, grad_scale)
             with torch.no_grad():
                 x_adv = ball.project(x, x_adv + step * steepest_direction(ball, grad, x_adv))
     return (best, correct, loss_best) if return_loss else (best, correct)

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
+import torch
 from fastai.callback.core import Callback
-from fastai.callback.fp16 import MixedPrecision
+from fastai.callback.fp16 import AMPMode, MixedPrecision
 from fastai.learner import Metric
 from fastcore.foundation import L
 
@@ -34,6 +36,7 @@ class AttackSettings:
     n_iter: dict = field(default_factory=lambda: {n: 10 for n in NORMS})
     method: str | None = None
     apgd_options: dict = field(default_factory=dict)
+    grad_scale: float = 1.0   # set by the callback: fp16 attacks scale the loss like a GradScaler
 
     @classmethod
     def build(cls, dataset: str = 'cifar10', eps=None, n_iter=10, method=None, **apgd_options) -> 'AttackSettings':
@@ -60,13 +63,15 @@ class AttackSettings:
     def run(self, model, x, y, norm: str, default_method: str = 'apgd', return_loss: bool = False):
         """The training attack in `norm`: (x_adv, correct at every iterate[, loss at x_adv])."""
         if (self.method or default_method) == 'pgd':
-            return pgd(model, x, y, norm, self.eps[norm], self.n_iter[norm], return_loss=return_loss)
-        return apgd(model, x, y, norm, self.eps[norm], self.n_iter[norm], return_loss=return_loss, **self.apgd_options)
+            return pgd(model, x, y, norm, self.eps[norm], self.n_iter[norm], return_loss=return_loss,
+                       grad_scale=self.grad_scale)
+        return apgd(model, x, y, norm, self.eps[norm], self.n_iter[norm], return_loss=return_loss,
+                    **{'grad_scale': self.grad_scale, **self.apgd_options})
 
     def msd(self, model, x, y, norms):
         """MSD over `norms` with these radii: (x_adv, correct, chosen steps per norm)."""
         n_iter = max(self.n_iter[n] for n in norms)
-        return msd(model, x, y, {n: self.eps[n] for n in norms}, n_iter)
+        return msd(model, x, y, {n: self.eps[n] for n in norms}, n_iter, grad_scale=self.grad_scale)
 
     def describe(self, norms) -> str:
         return ', '.join(f"{n}:{self.eps[n]:.4g} ({self.n_iter[n]} steps)" for n in norms)
@@ -100,13 +105,20 @@ class AdversarialTraining(Callback):
     norm (`freq_<norm>`), the robust training error of those attacks (`rerr_<norm>`) and the
     training loss on them (`loss_<norm>`), as fastai metric columns; `history` keeps them.
     """
-    # Before MixedPrecision (order 10) opens autocast: the attack runs in full precision.
+    # Before MixedPrecision (order 10) opens its autocast for the training forward: the attack
+    # chooses its own precision. attack_precision='auto' attacks under autocast in the learner's
+    # MixedPrecision dtype (fp16 with a loss scale for the input gradient, or bf16) on the
+    # model's device, so attack passes cost what training passes cost; 'fp32' always attacks in
+    # full precision. The l1 projection and the step sizes are fp32 either way (inputs are fp32).
     order, run_valid = MixedPrecision.order - 1, False
 
-    def __init__(self, strategy='eat', settings: AttackSettings | None = None, show_stats: bool = True):
+    def __init__(self, strategy='eat', settings: AttackSettings | None = None, show_stats: bool = True,
+                 attack_precision: str = 'auto'):
+        if attack_precision not in ('auto', 'fp32'):
+            raise ValueError(f"attack_precision must be 'auto' or 'fp32', got {attack_precision!r}")
         self.strategy: Strategy = make_strategy(strategy)
         self.settings = settings or AttackSettings.build()
-        self.show_stats = show_stats
+        self.show_stats, self.attack_precision = show_stats, attack_precision
         self.history: list[dict] = []
         self.epoch_stats: dict = {}
 
@@ -119,7 +131,15 @@ class AdversarialTraining(Callback):
         freq = [f'freq_{n}' for n in s.norms] if len(s.norms) > 1 else []
         return freq + rerr + [f'loss_{n}' for n in s.norms] + list(s.stat_names)
 
+    def _autocast_dtype(self):
+        mp = next((cb for cb in self.learn.cbs if isinstance(cb, MixedPrecision)), None)
+        if mp is None or self.attack_precision == 'fp32':
+            return None
+        return torch.bfloat16 if mp.amp_mode == AMPMode.BF16 else torch.float16
+
     def before_fit(self):
+        self._dtype = self._autocast_dtype()
+        self.settings.grad_scale = 1024.0 if self._dtype is torch.float16 else 1.0
         kept = L(m for m in self.learn.metrics if not isinstance(m, EpochStat))  # stale columns of a crashed fit
         self.learn.metrics = kept + (L(EpochStat(self, k) for k in self.stat_names) if self.show_stats else L())
 
@@ -134,7 +154,10 @@ class AdversarialTraining(Callback):
     def before_batch(self):
         if len(self.xb) != 1 or len(self.yb) != 1:
             raise ValueError(f"adversarial training expects one input and one target per batch, got {len(self.xb)} and {len(self.yb)}")
-        batch = self.strategy.perturb(self.settings, self.model, self.xb[0], self.yb[0])
+        x, y = self.xb[0], self.yb[0]
+        precision = nullcontext() if self._dtype is None else torch.autocast(x.device.type, dtype=self._dtype)
+        with precision:
+            batch = self.strategy.perturb(self.settings, self.model, x, y)
         self.learn.xb, self.learn.yb = (batch.x,), (batch.y,)
         self._batch = batch
         self._n_batches += 1
