@@ -15,6 +15,7 @@ from torch import nn
 
 from . import finetune  # noqa: F401  registers fit_adversarial, eat_finetune, transfer_finetune
 from ._io import atomic_torch_save
+from .attacks import check_model_outputs
 from .callbacks import AdversarialTraining
 from .data import check_dls
 from .evaluate import RobustResult, evaluate_robustness
@@ -89,7 +90,8 @@ def robust_learner(dls, arch, mean=None, std=None, weights=None, dataset: str = 
     accepts the usual wrappers and prefixes). Defaults follow the paper: SGD, momentum 0.9,
     weight decay 5e-4.
     dataset: whose radii the training and evaluation defaults use ('cifar10', 'imagenet').
-    DataLoaders that normalise or yield data outside [0,1] are refused (`check_data=False` skips it).
+    DataLoaders that normalise or yield data outside [0,1] are refused, and a model that returns
+    probabilities or is random in eval mode is warned about (`check_data=False` skips both).
     """
     if check_data:
         check_dls(dls)
@@ -98,6 +100,9 @@ def robust_learner(dls, arch, mean=None, std=None, weights=None, dataset: str = 
     model = _as_model(arch, n_classes, mean, std, weights)
     learn = RobustLearner(dls, model, loss_func=loss_func or CrossEntropyLossFlat(),
                           opt_func=opt_func or paper_sgd(), metrics=metrics, **kwargs)
+    if check_data:   # probabilities instead of logits, randomness in eval mode: warnings
+        xb = dls.valid.one_batch()[0][:32].as_subclass(torch.Tensor)
+        check_model_outputs(model.to(xb.device), xb)
     learn.threat_dataset = dataset
     return learn
 

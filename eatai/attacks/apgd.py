@@ -15,7 +15,7 @@ from torch import nn
 from ._autograd import input_grad
 from ._shapes import per_example
 from .balls import Ball, make_ball
-from .guards import check_batch, check_labels, eval_mode
+from .guards import check_batch, check_labels, eval_mode, warn_zero_gradients
 from .losses import get_loss
 from .schedules import AttackState
 
@@ -97,6 +97,8 @@ def _single_run(model, x, y, ball: Ball, cfg: APGDConfig, y_target, generator) -
 
     x_adv = ball.random_start(x, generator) if cfg.random_start else x.clone()
     logits, loss, grad = evaluate(x_adv, check=True)
+    if cfg.loss.startswith('dlr'):   # as AutoAttack: a saturated cross-entropy has zero gradients legitimately
+        warn_zero_gradients(grad)
     correct = logits.argmax(dim=1) == y
     x_misclassified = x_adv.clone()
     base_step = ball.step_scale * ball.eps

@@ -1,12 +1,13 @@
 """What every attack checks and restores: valid inputs, eval mode, untouched model state."""
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-__all__ = ['eval_mode', 'check_batch', 'check_labels']
+__all__ = ['eval_mode', 'check_batch', 'check_labels', 'check_model_outputs', 'warn_zero_gradients']
 
 
 @contextmanager
@@ -55,3 +56,27 @@ def check_labels(y: torch.Tensor, logits: torch.Tensor) -> None:
         raise ValueError(f"the model must return logits of shape ({y.shape[0]}, n_classes), got {tuple(logits.shape)}")
     if y.numel() and int(y.max()) >= logits.shape[1]:
         raise ValueError(f"label {int(y.max())} is out of range for a model with {logits.shape[1]} outputs")
+
+
+def check_model_outputs(model: nn.Module, x: torch.Tensor) -> None:
+    """Warn (as AutoAttack does) if the model returns probabilities instead of logits, or is
+    random in eval mode (dropout left on, noise layers): attacks on it would mislead."""
+    with eval_mode(model), torch.no_grad():
+        first, second = model(x), model(x)
+    if first.dim() == 2 and bool(((first >= 0) & (first <= 1)).all()) and \
+            bool(torch.allclose(first.float().sum(1), torch.ones(len(first), device=first.device), atol=1e-4)):
+        warnings.warn("the model's outputs look like probabilities (in [0,1], summing to 1): attacks and the "
+                      "cross-entropy need logits, remove the final softmax", stacklevel=2)
+    if not torch.allclose(first, second, atol=1e-5, rtol=1e-4):
+        warnings.warn("the model gives different outputs for the same input in eval mode: a randomised model "
+                      "makes attack results unreliable (AutoAttack's version='rand' handles such models)", stacklevel=2)
+
+
+def warn_zero_gradients(grad: torch.Tensor) -> None:
+    """Warn if some examples have an all-zero input gradient: a sign of gradient masking, on
+    which gradient attacks overestimate robustness."""
+    n_zero = int((grad.flatten(1).abs().amax(dim=1) == 0).sum())
+    if n_zero:
+        warnings.warn(f"{n_zero} of {len(grad)} examples have a zero input gradient: the model may mask gradients "
+                      "(e.g. saturated or quantised outputs); robust accuracy from gradient attacks may be "
+                      "overestimated", stacklevel=3)

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelBatchException
 from fastai.callback.fp16 import AMPMode, MixedPrecision
 from fastai.learner import Metric
 from fastcore.foundation import L
+from torch import nn
 
 from ..attacks import APGDConfig, apgd
 from ..attacks.msd import msd
@@ -138,7 +140,7 @@ class AdversarialTraining(Callback):
         return torch.bfloat16 if mp.amp_mode == AMPMode.BF16 else torch.float16
 
     def before_fit(self):
-        self._dtype = self._autocast_dtype()
+        self._dtype, self._radii_checked = self._autocast_dtype(), False
         self.settings.grad_scale = 1024.0 if self._dtype is torch.float16 else 1.0
         kept = L(m for m in self.learn.metrics if not isinstance(m, EpochStat))  # stale columns of a crashed fit
         self.learn.metrics = kept + (L(EpochStat(self, k) for k in self.stat_names) if self.show_stats else L())
@@ -151,10 +153,31 @@ class AdversarialTraining(Callback):
         self._counts = defaultdict(lambda: {'batches': 0, 'examples': 0, 'errors': 0.0, 'loss': 0.0, 'loss_n': 0})
         self._n_batches = 0
 
+    def _skip_unusable(self, x) -> None:
+        """Skip batches that cannot be trained on (empty; one example through BatchNorm)."""
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        if len(x) == 0 or (len(x) == 1 and has_bn):
+            warnings.warn(f"skipped a training batch of {len(x)} example(s): BatchNorm cannot train on fewer than "
+                          "two; use drop_last=True or a batch size that divides the data", stacklevel=2)
+            raise CancelBatchException()
+
+    def _check_radii(self, x) -> None:
+        """Warn once if the l1 and l-inf balls nest (Sec. 3: E-AT needs eps_inf < eps1 < d eps_inf)."""
+        if self._radii_checked or not {'linf', 'l1'} <= set(self.strategy.norms):
+            return
+        self._radii_checked = True
+        d, e1, einf = x[0].numel(), self.settings.eps['l1'], self.settings.eps['linf']
+        if not einf < e1 < d * einf:
+            inside = 'the l1 ball lies inside the l-inf ball' if e1 <= einf else 'the l-inf ball lies inside the l1 ball'
+            warnings.warn(f"eps1={e1:g}, eps_inf={einf:.4g}, d={d}: {inside}, so training on both reduces to "
+                          "single-norm training (Sec. 3 needs eps_inf < eps1 < d*eps_inf)", stacklevel=2)
+
     def before_batch(self):
         if len(self.xb) != 1 or len(self.yb) != 1:
             raise ValueError(f"adversarial training expects one input and one target per batch, got {len(self.xb)} and {len(self.yb)}")
         x, y = self.xb[0], self.yb[0]
+        self._skip_unusable(x)
+        self._check_radii(x)
         precision = nullcontext() if self._dtype is None else torch.autocast(x.device.type, dtype=self._dtype)
         with precision:
             batch = self.strategy.perturb(self.settings, self.model, x, y)
@@ -168,6 +191,10 @@ class AdversarialTraining(Callback):
             c['errors'] += (~correct).sum()  # a tensor: no device sync per batch
 
     def after_loss(self):
+        if not bool(torch.isfinite(self.learn.loss)):   # stop before the step spoils the weights
+            raise FloatingPointError(f"the training loss became {self.learn.loss.item()} at epoch {self.epoch}, "
+                                     f"batch {self.iter}: training stopped before the update, so the weights and "
+                                     "the last checkpoint are the last good ones; lower the learning rate")
         norm = self._batch.norm
         if norm is not None:
             n = self._batch.y.shape[0]
