@@ -1,6 +1,5 @@
 """A fixed seed gives identical weights and numbers for a CPU run, twice."""
 import torch
-
 from test_training import N_ITER, tiny_learner
 
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
+from test_training import N_ITER, tiny_dls, tiny_learner
 from torch import nn
 
 from eatai.all import Normalized, arrays_dls, robust_learner
@@ -13,7 +14,6 @@ from eatai.attacks import apgd
 from eatai.callbacks import AttackSettings
 from eatai.models.cifar_cnn import CifarCNN
 from eatai.threats import ThreatModel
-from test_training import N_ITER, tiny_dls, tiny_learner
 
 
 def test_normalised_images_are_refused():

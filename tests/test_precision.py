@@ -2,10 +2,10 @@
 import pytest
 import torch
 from fastai.callback.fp16 import MixedPrecision
+from test_training import N_ITER, Spy, tiny_learner
 
 from eatai.attacks import apgd, make_ball
 from eatai.callbacks import AdversarialTraining
-from test_training import N_ITER, Spy, tiny_learner
 
 
 def attack_dtypes(learn):

@@ -2,8 +2,10 @@
 from .adversarial import AdversarialTraining, AttackSettings, EpochStat
 from .baselines import AVG, MAX, MSD, MultiNorm
 from .registry import STRATEGIES, make_strategy
+from .resume import Checkpointing
 from .strategies import EAT, SAT, AdversarialBatch, RandomNorm, RunningMean, SingleNorm, Strategy
 from .switch import Switch
 
 __all__ = ['AdversarialTraining', 'AttackSettings', 'EpochStat', 'Strategy', 'SingleNorm', 'RandomNorm', 'EAT', 'SAT',
-           'MultiNorm', 'MAX', 'AVG', 'MSD', 'Switch', 'STRATEGIES', 'AdversarialBatch', 'RunningMean', 'make_strategy']
+           'MultiNorm', 'MAX', 'AVG', 'MSD', 'Switch', 'STRATEGIES', 'AdversarialBatch', 'RunningMean', 'make_strategy',
+           'Checkpointing']

@@ -215,6 +215,15 @@ class AdversarialTraining(Callback):
         self.epoch_stats = stats
         self.history.append({'epoch': self.epoch, **stats})
 
+    def epoch_counts(self) -> dict:
+        """The running counts of the current epoch (for exact resumption mid-epoch)."""
+        return {'counts': {k: dict(v) for k, v in self._counts.items()}, 'n_batches': self._n_batches}
+
+    def set_epoch_counts(self, state: dict) -> None:
+        self._counts.clear()
+        self._counts.update({k: dict(v) for k, v in state['counts'].items()})
+        self._n_batches = state['n_batches']
+
     def state_dict(self) -> dict:
         """What a saved learner keeps of the adversarial training (see `RobustLearner.save`)."""
         return {'strategy': self.strategy.name, 'strategy_state': self.strategy.state_dict(),

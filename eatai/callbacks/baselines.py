@@ -35,6 +35,13 @@ class MultiNorm(Strategy):
         self._seen += len(y)
         return runs, robust, winner
 
+    def state_dict(self):
+        return {'wins': getattr(self, '_wins', torch.zeros(len(self.norms), dtype=torch.long)).clone(),
+                'seen': getattr(self, '_seen', 0)}
+
+    def load_state_dict(self, state):
+        self._wins, self._seen = state['wins'].clone(), state['seen']
+
     def stats(self):
         seen = max(getattr(self, '_seen', 0), 1)
         wins = getattr(self, '_wins', torch.zeros(len(self.norms)))
@@ -82,6 +89,12 @@ class MSD(Strategy):
         for norm, count in chosen.items():
             self._steps[norm] += count
         return AdversarialBatch(x_adv, y, {'union': correct})
+
+    def state_dict(self):
+        return {'steps': dict(getattr(self, '_steps', {n: 0 for n in self.norms}))}
+
+    def load_state_dict(self, state):
+        self._steps = dict(state['steps'])
 
     def stats(self):
         steps = getattr(self, '_steps', {n: 0 for n in self.norms})
