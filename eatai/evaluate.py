@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._dist import gather_objects, rank_and_world
 from .attacks import check_batch, eval_mode, make_ball
 from .attacks.guards import check_labels
 from .threats import NORMS, ThreatModel, canonical_norm, default_threats, parse_threat
@@ -266,7 +267,9 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thre
     'quick' or an `EvalBudget`. Every clean-correct point is attacked in every norm, so each
     figure is exact; `union_only=True` attacks a later norm only on points still robust in
     the union so far: the union stays exact, later per-norm figures may be upper bounds
-    (`result.exact`). The model runs in eval mode; its train/eval flags are restored, and
+    (`result.exact`). In a DDP run (torch.distributed initialised) each process attacks every
+    world_size-th point and the per-example flags are gathered: all processes return the
+    same complete result. The model runs in eval mode; its train/eval flags are restored, and
     the global torch RNG state too (AutoAttack reseeds it). device: the model's by default.
     """
     check_batch(x, y)
@@ -292,8 +295,13 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thre
             todo = (union if union_only else clean).clone()  # the points this norm attacks
             robust = clean.clone()  # points left unattacked count as robust: an upper bound
             idx = todo.nonzero()[:, 0]
-            robust[idx] = _attack_threat(model, x, y, idx, threat, budget, n_classes, seed, device, bs,
-                                         progress, logger)
+            # in a DDP run every process attacks its share of the points; the flags are gathered
+            rank, world = rank_and_world()
+            mine = idx[rank::world]
+            flags_mine = _attack_threat(model, x, y, mine, threat, budget, n_classes, seed, device, bs,
+                                        progress and rank == 0, logger)
+            for part, part_flags in gather_objects((mine.tolist(), flags_mine.tolist())):
+                robust[part] = torch.tensor(part_flags, dtype=torch.bool)
             exact[key] = bool(torch.equal(todo, clean))
             union &= robust
             flags[key], seconds[key] = robust, time.perf_counter() - start

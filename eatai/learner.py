@@ -14,6 +14,7 @@ from fastcore.basics import patch
 from torch import nn
 
 from . import finetune  # noqa: F401  registers fit_adversarial, eat_finetune, transfer_finetune
+from ._dist import is_main_process
 from ._io import atomic_torch_save
 from .attacks import check_model_outputs
 from .callbacks import AdversarialTraining
@@ -40,6 +41,8 @@ class RobustLearner(Learner):
 
     def save(self, file, with_opt: bool = True, pickle_protocol: int = 2) -> Path:
         path = self.path / self.model_dir / f'{file}.pth' if not Path(str(file)).suffix else Path(file)
+        if not is_main_process():   # in a DDP run only rank 0 writes, as fastai's own save
+            return path
         state = {'model': get_model(self.model).state_dict()}
         if with_opt and self.opt is not None:
             state['opt'] = self.opt.state_dict()

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from fastai.torch_core import set_seed
 
+from . import distributed  # noqa: F401  registers Learner.robust_distrib_ctx
+from ._dist import is_main_process
 from ._io import atomic_torch_save, atomic_write_text
 from .data import arrays_dls, cifar10_dls, load_sample
 from .learner import robust_learner
@@ -120,14 +122,19 @@ def run_recipe(args, slug: str, title: str, runs, evaluate_original: bool = True
         learn.opt = None          # every run starts with a fresh optimiser
         set_seed(args.seed)
         start = time.perf_counter()
-        train(learn, args)
+        with learn.robust_distrib_ctx():   # DDP under torchrun / accelerate launch, as it is otherwise
+            train(learn, args)
         seconds[name] = time.perf_counter() - start
         rows.append((name, learn.robust_eval(name=name, **evaluate)))
         history = getattr(getattr(learn, 'adversarial_training', None), 'history', [])
+        if not is_main_process():
+            continue
         atomic_torch_save({'state_dict': learn.model.state_dict(), 'recipe': slug, 'run': name, 'args': vars(args),
                            'history': history}, out / f'{slug}_{_slug(name)}.pt')
     results = {'recipe': slug, 'args': vars(args), 'train_seconds': seconds,
                'results': {name: r.to_dict() for name, r in rows}}
+    if not is_main_process():   # in a DDP run only rank 0 writes and prints
+        return results
     path = atomic_write_text(json.dumps(results, indent=1), out / f'{slug}.json')
     print_results(rows, title=title)
     print(f"training seconds: {', '.join(f'{k} {v:.0f}' for k, v in seconds.items())}; results in {path}")

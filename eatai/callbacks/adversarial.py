@@ -13,7 +13,9 @@ from fastai.callback.fp16 import AMPMode, MixedPrecision
 from fastai.learner import Metric
 from fastcore.foundation import L
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from .._dist import all_reduce_sum
 from ..attacks import APGDConfig, apgd
 from ..attacks.msd import msd
 from ..attacks.pgd import pgd
@@ -179,8 +181,10 @@ class AdversarialTraining(Callback):
         self._skip_unusable(x)
         self._check_radii(x)
         precision = nullcontext() if self._dtype is None else torch.autocast(x.device.type, dtype=self._dtype)
+        # attack the bare module: DDP's gradient hooks are for the training backward only
+        model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
         with precision:
-            batch = self.strategy.perturb(self.settings, self.model, x, y)
+            batch = self.strategy.perturb(self.settings, model, x, y)
         self.learn.xb, self.learn.yb = (batch.x,), (batch.y,)
         self._batch = batch
         self._n_batches += 1
@@ -201,16 +205,26 @@ class AdversarialTraining(Callback):
             self._counts[norm]['loss'] += self.learn.loss.detach() * n
             self._counts[norm]['loss_n'] += n
 
+    def _global_counts(self) -> dict:
+        """This epoch's counts, summed over all processes of a DDP run."""
+        keys = list(dict.fromkeys([*self.strategy.robust_keys, *self.strategy.norms]))
+        fields = ('batches', 'examples', 'errors', 'loss', 'loss_n')
+        local = torch.tensor([[float(self._counts[k][f]) for f in fields] for k in keys] + [[self._n_batches, 0, 0, 0, 0]])
+        total = all_reduce_sum(local)
+        counts = {k: dict(zip(fields, row.tolist())) for k, row in zip(keys, total)}
+        return counts, total[-1, 0].item()
+
     def after_train(self):
+        counts, n_batches = self._global_counts()
         stats = {}
         for key in self.strategy.robust_keys:
-            c = self._counts[key]
-            stats[f'rerr_{key}'] = float(c['errors']) / c['examples'] if c['examples'] else math.nan
+            c = counts[key]
+            stats[f'rerr_{key}'] = c['errors'] / c['examples'] if c['examples'] else math.nan
         if self.strategy.one_norm_per_batch:
             for norm in self.strategy.norms:
-                c = self._counts[norm]
-                stats[f'freq_{norm}'] = c['batches'] / max(self._n_batches, 1)
-                stats[f'loss_{norm}'] = float(c['loss']) / c['loss_n'] if c['loss_n'] else math.nan
+                c = counts[norm]
+                stats[f'freq_{norm}'] = c['batches'] / max(n_batches, 1)
+                stats[f'loss_{norm}'] = c['loss'] / c['loss_n'] if c['loss_n'] else math.nan
         stats.update(self.strategy.stats())
         self.epoch_stats = stats
         self.history.append({'epoch': self.epoch, **stats})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from .._dist import all_reduce_sum
 from ..threats import NORMS
 from .strategies import AdversarialBatch, Strategy
 
@@ -43,9 +44,10 @@ class MultiNorm(Strategy):
         self._wins, self._seen = state['wins'].clone(), state['seen']
 
     def stats(self):
-        seen = max(getattr(self, '_seen', 0), 1)
-        wins = getattr(self, '_wins', torch.zeros(len(self.norms)))
-        return {f'max_{n}': w / seen for n, w in zip(self.norms, wins.tolist())}
+        wins = getattr(self, '_wins', torch.zeros(len(self.norms), dtype=torch.long))
+        total = all_reduce_sum(torch.cat([wins.double(), torch.tensor([float(getattr(self, '_seen', 0))])]))
+        seen = max(total[-1].item(), 1)
+        return {f'max_{n}': w / seen for n, w in zip(self.norms, total[:-1].tolist())}
 
 
 class MAX(MultiNorm):
@@ -98,5 +100,6 @@ class MSD(Strategy):
 
     def stats(self):
         steps = getattr(self, '_steps', {n: 0 for n in self.norms})
-        total = max(sum(steps.values()), 1)
-        return {f'step_{n}': c / total for n, c in steps.items()}
+        counts = all_reduce_sum(torch.tensor([float(steps[n]) for n in self.norms])).tolist()
+        total = max(sum(counts), 1)
+        return {f'step_{n}': c / total for n, c in zip(self.norms, counts)}

@@ -19,6 +19,7 @@ import torch
 from fastai.callback.core import Callback, CancelBatchException, CancelEpochException
 from fastai.torch_core import get_model
 
+from .._dist import is_main_process
 from .._io import atomic_torch_save
 from .adversarial import AdversarialTraining
 
@@ -84,7 +85,8 @@ class Checkpointing(Callback):
         }
 
     def _save(self, epoch: int, n_done: int, epoch_start: dict) -> None:
-        atomic_torch_save(self._state(epoch, n_done, epoch_start), self.path)
+        if is_main_process():   # every process holds the same state in a DDP run: rank 0 writes it
+            atomic_torch_save(self._state(epoch, n_done, epoch_start), self.path)
 
     def before_fit(self):
         self._skip_until = 0   # batches of the current epoch that a resume replays without training

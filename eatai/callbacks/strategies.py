@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._dist import all_reduce_mean, broadcast_int, is_distributed
 from ..threats import NORMS, canonical_norm
 
 __all__ = ['AdversarialBatch', 'RunningMean', 'Strategy', 'SingleNorm', 'RandomNorm', 'EAT', 'SAT']
@@ -104,13 +105,18 @@ class RandomNorm(Strategy):
 
     def __init__(self, seed: int | None = None):
         self.generator = torch.Generator()
-        self.generator.manual_seed(int(torch.randint(2 ** 62, ()).item()) if seed is None else seed)
+        self.seed = int(torch.randint(2 ** 62, ()).item()) if seed is None else seed
+        self.generator.manual_seed(self.seed)
+        self._synced = not is_distributed()
 
     def probabilities(self) -> dict:
         return {norm: 1 / len(self.norms) for norm in self.norms}
 
     def choose(self) -> str:
-        """Draw the norm of the next batch."""
+        """Draw the norm of the next batch (the same on every process of a DDP run)."""
+        if not self._synced:   # every process draws from rank 0's generator
+            self.seed, self._synced = broadcast_int(self.seed), True
+            self.generator.manual_seed(self.seed)
         u = torch.rand((), generator=self.generator).item()
         cumulative = 0.0
         for norm, p in self.probabilities().items():
@@ -129,10 +135,11 @@ class RandomNorm(Strategy):
         """What the attack in `norm` found on this batch."""
 
     def state_dict(self):
-        return {'generator': self.generator.get_state()}
+        return {'generator': self.generator.get_state(), 'seed': self.seed}
 
     def load_state_dict(self, state):
         self.generator.set_state(state['generator'])
+        self.seed, self._synced = state.get('seed', self.seed), True
 
 
 class EAT(RandomNorm):
@@ -156,7 +163,8 @@ class EAT(RandomNorm):
         return {norm: e / total for norm, e in zip(self.norms, errors)}
 
     def observe(self, norm, correct):
-        self.rerr[norm].update(1 - correct.float().mean().item())
+        # the mean over all processes: every process keeps the same statistics and draws alike
+        self.rerr[norm].update(all_reduce_mean(1 - correct.float().mean().item()))
 
     def stats(self):
         return {f'prob_{norm}': p for norm, p in self.probabilities().items()}
