@@ -7,6 +7,7 @@ This layer knows torch and `pyautoattack`, never fastai.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from ._dist import gather_objects, rank_and_world
+from ._io import atomic_write_text
 from .attacks import check_batch, eval_mode, make_ball
 from .attacks.guards import check_labels
 from .threats import NORMS, ThreatModel, canonical_norm, default_threats, parse_threat
@@ -233,7 +235,39 @@ def _parse_threats(threats) -> list[ThreatModel]:
     return threats
 
 
-def _attack_threat(model, x, y, idx, threat, budget, n_classes, seed, device, bs, progress, logger):
+class _Progress:
+    """Finished chunks of an evaluation, kept in a JSON file so that a long evaluation resumes.
+
+    The file records what the evaluation is of (inputs, threats, budget, seed, batch size) and,
+    per threat, the flags of each finished chunk; a file of another evaluation is refused."""
+
+    def __init__(self, path, fingerprint: dict):
+        self.path, self.fingerprint, self.done = (Path(path) if path else None), fingerprint, {}
+        if self.path is not None and self.path.exists():
+            saved = json.loads(self.path.read_text())
+            if saved.get('fingerprint') != fingerprint:
+                raise ValueError(f"{self.path} holds the progress of another evaluation (other inputs, threats, "
+                                 "budget, seed or batch size): delete it or give another resume_file")
+            self.done = saved['done']
+
+    def get(self, key: str):
+        return self.done.get(key)
+
+    def put(self, key: str, flags: list) -> None:
+        if self.path is None:
+            return
+        self.done[key] = flags
+        atomic_write_text(json.dumps({'fingerprint': self.fingerprint, 'done': self.done}), self.path)
+
+
+def _fingerprint(x, y, threats, budget, seed, bs, union_only, name) -> dict:
+    digest = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(y.detach().cpu().numpy().tobytes())
+    return {'data': digest.hexdigest(), 'threats': [str(t) for t in threats], 'budget': budget.label, 'seed': seed,
+            'bs': bs, 'union_only': union_only, 'model': name}
+
+
+def _attack_threat(model, x, y, idx, threat, budget, n_classes, seed, device, bs, progress, logger, saved: _Progress):
     """(len(idx),) bool: still correct on AutoAttack's output within `threat`, checked by us."""
     ball, still = make_ball(threat.norm, threat.eps), []
     chunks = _chunks(idx, bs)
@@ -242,6 +276,10 @@ def _attack_threat(model, x, y, idx, threat, budget, n_classes, seed, device, bs
         chunks = progress_bar(chunks, leave=False)
         chunks.comment = str(threat)
     for chunk in chunks:
+        key = f"{threat}|{chunk[0].item()}-{chunk[-1].item()}|{len(chunk)}"
+        if saved.get(key) is not None:   # finished before an interruption
+            still.append(torch.tensor(saved.get(key), dtype=torch.bool))
+            continue
         # fresh AutoAttack per chunk, as AutoAttack itself reseeds every attack on every batch
         aa = _autoattack(model, threat, budget, n_classes, seed, device, logger)
         # contiguous: pyautoattack calls .view on x_adv - x and breaks on permuted inputs
@@ -254,12 +292,13 @@ def _attack_threat(model, x, y, idx, threat, budget, n_classes, seed, device, bs
         with torch.no_grad():
             logits = model(x_adv)
         still.append((logits.argmax(dim=1) == yb).cpu())
+        saved.put(key, still[-1].tolist())
     return torch.cat(still) if still else torch.zeros(0, dtype=torch.bool)
 
 
 def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threats=None, budget='standard',
                         bs: int = 250, union_only: bool = False, seed: int = 0, device=None,
-                        progress: bool = False, name: str | None = None) -> RobustResult:
+                        progress: bool = False, name: str | None = None, resume_file=None) -> RobustResult:
     """Clean accuracy, robust accuracy per threat model and over their union (per example).
 
     x: (N, C, H, W) floats in [0,1]; y: (N,) labels. threats: `ThreatModel`s or strings like
@@ -269,7 +308,9 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thre
     the union so far: the union stays exact, later per-norm figures may be upper bounds
     (`result.exact`). In a DDP run (torch.distributed initialised) each process attacks every
     world_size-th point and the per-example flags are gathered: all processes return the
-    same complete result. The model runs in eval mode; its train/eval flags are restored, and
+    same complete result. resume_file: a JSON file where finished chunks are kept, so that an
+    interrupted evaluation started again with the same arguments skips them (one file per
+    process in a DDP run). The model runs in eval mode; its train/eval flags are restored, and
     the global torch RNG state too (AutoAttack reseeds it). device: the model's by default.
     """
     check_batch(x, y)
@@ -281,6 +322,10 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thre
     threats, budget = _parse_threats(threats), EvalBudget.from_name(budget)
     device = torch.device(device) if device is not None else _model_device(model)
     x, y = x.detach(), y.detach().long().cpu()
+    rank, world = rank_and_world()
+    if resume_file is not None and world > 1:
+        resume_file = Path(resume_file).with_suffix(f'.rank{rank}{Path(resume_file).suffix}')
+    saved = _Progress(resume_file, _fingerprint(x, y, threats, budget, seed, bs, union_only, name))
     handler = _Collect()
     logger = _quiet_logger(handler)
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == 'cuda' else []
@@ -296,10 +341,9 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thre
             robust = clean.clone()  # points left unattacked count as robust: an upper bound
             idx = todo.nonzero()[:, 0]
             # in a DDP run every process attacks its share of the points; the flags are gathered
-            rank, world = rank_and_world()
             mine = idx[rank::world]
             flags_mine = _attack_threat(model, x, y, mine, threat, budget, n_classes, seed, device, bs,
-                                        progress and rank == 0, logger)
+                                        progress and rank == 0, logger, saved)
             for part, part_flags in gather_objects((mine.tolist(), flags_mine.tolist())):
                 robust[part] = torch.tensor(part_flags, dtype=torch.bool)
             exact[key] = bool(torch.equal(todo, clean))

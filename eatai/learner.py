@@ -126,11 +126,13 @@ def _first_items(dl, n: int):
 
 @patch
 def robust_eval(self: Learner, n: int = 1000, threats=None, budget='standard', dl=None, bs: int = 250,
-                union_only: bool = False, seed: int = 0, progress: bool = True, name: str | None = None) -> RobustResult:
+                union_only: bool = False, seed: int = 0, progress: bool = True, name: str | None = None,
+                resume_file=None) -> RobustResult:
     """Clean, per-threat and union robust accuracy of the model on the first `n` validation
-    items (APGD-CE then APGD-T, AutoAttack's standard budget unless `budget='quick'`)."""
+    items (APGD-CE then APGD-T, AutoAttack's standard budget unless `budget='quick'`).
+    resume_file: keep finished chunks there, so an interrupted evaluation picks up where it stopped."""
     x, y = _first_items(dl if dl is not None else self.dls.valid, n)
     threats = threats if threats is not None else default_threats(getattr(self, 'threat_dataset', 'cifar10'))
     device = next(self.model.parameters()).device
     return evaluate_robustness(self.model, x, y, threats=threats, budget=budget, bs=bs, union_only=union_only,
-                               seed=seed, device=device, progress=progress, name=name)
+                               seed=seed, device=device, progress=progress, name=name, resume_file=resume_file)

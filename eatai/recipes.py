@@ -19,6 +19,7 @@ from fastai.torch_core import set_seed
 from . import distributed  # noqa: F401  registers Learner.robust_distrib_ctx
 from ._dist import is_main_process
 from ._io import atomic_torch_save, atomic_write_text
+from .callbacks import Checkpointing
 from .data import arrays_dls, cifar10_dls, load_sample
 from .learner import robust_learner
 from .report import print_results
@@ -61,6 +62,8 @@ def recipe_parser(description: str, epochs: int = 3, lr: float = 0.05, bs: int =
     p.add_argument('--dataset', default=dataset, help="whose radii: 'cifar10' or 'imagenet'")
     p.add_argument('--out-dir', default='runs', help='where the checkpoint and results JSON go')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--checkpoint-every', type=int, default=0, metavar='N',
+                   help='save a resume checkpoint every N batches under --out-dir; run again to resume')
     p.add_argument('--smoke', action='store_true', help='run end to end on the bundled sample in a minute or two')
     return p
 
@@ -122,7 +125,9 @@ def run_recipe(args, slug: str, title: str, runs, evaluate_original: bool = True
         learn.opt = None          # every run starts with a fresh optimiser
         set_seed(args.seed)
         start = time.perf_counter()
-        with learn.robust_distrib_ctx():   # DDP under torchrun / accelerate launch, as it is otherwise
+        resume = [Checkpointing(out / f'{slug}_{_slug(name)}.resume.pth', args.checkpoint_every, resume=True)
+                  ] if args.checkpoint_every else []
+        with learn.robust_distrib_ctx(), learn.added_cbs(resume):   # DDP under torchrun / accelerate launch
             train(learn, args)
         seconds[name] = time.perf_counter() - start
         rows.append((name, learn.robust_eval(name=name, **evaluate)))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from fractions import Fraction
 
 __all__ = ['NORMS', 'DEFAULT_EPS', 'ThreatModel', 'canonical_norm', 'parse_eps', 'parse_threat',
            'default_threats', 'default_eps']
@@ -34,7 +33,11 @@ def parse_eps(text) -> float:
         return float(text)
     s = str(text).strip()
     try:
-        value = float(Fraction(s)) if '/' in s else float(s)
+        if '/' in s:
+            num, den = s.split('/', 1)
+            value = float(num) / float(den)
+        else:
+            value = float(s)
     except (ValueError, ZeroDivisionError):
         raise ValueError(f"cannot read eps {text!r}: write a number such as 0.5 or a fraction such as 8/255") from None
     return value

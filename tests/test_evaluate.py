@@ -1,4 +1,6 @@
 """evaluate_robustness: per-example union, exactness, AutoAttack's budget and agreement, hygiene."""
+import json
+
 import pytest
 import torch
 from conftest import TinyNet
@@ -285,3 +287,32 @@ def test_too_few_classes_for_apgd_t():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
     with pytest.raises(ValueError, match='at least 4 classes'):
         evaluate_robustness(model, torch.rand(2, 3, 8, 8), torch.tensor([0, 1]))
+
+
+def test_interrupted_evaluation_resumes_from_its_file(tmp_path):
+    """Finished chunks are kept in the resume file: a rerun skips them and gives the same result."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10)).eval()
+    x, y = torch.rand(12, 3, 8, 8), torch.randint(0, 10, (12,))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    path = tmp_path / 'eval.json'
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, inp):
+            calls.append(len(inp))
+            return self.m(inp)
+    full = evaluate_robustness(Counting(), x, y, threats=['linf:0.5/255'], budget='quick', bs=4, resume_file=path)
+    first = len(calls)
+    saved = json.loads(path.read_text())
+    assert len(saved['done']) == 3
+    calls.clear()
+    again = evaluate_robustness(Counting(), x, y, threats=['linf:0.5/255'], budget='quick', bs=4, resume_file=path)
+    assert again.flags == full.flags and len(calls) < first / 4     # only the clean pass ran again
+    with pytest.raises(ValueError, match='another evaluation'):
+        evaluate_robustness(model, x[:8], y[:8], threats=['linf:0.5/255'], budget='quick', bs=4, resume_file=path)

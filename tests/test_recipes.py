@@ -47,3 +47,16 @@ def test_train_demo_checkpoint_recipe(tmp_path):
     from eatai.models import load_checkpoint
     model = load_checkpoint(out)
     assert model.meta['epochs'] == 1 and model.meta['n_train'] == 64 and model.meta['scheme'] == 'linf'
+
+
+def test_recipe_checkpoints_and_resumes(tmp_path, capsys):
+    """--checkpoint-every writes a resume checkpoint; running the same command again resumes from it."""
+    recipe = load(REPO / 'recipes' / 'cifar_linf_to_l1.py')
+    recipe.main(['--smoke', '--out-dir', str(tmp_path), '--checkpoint-every', '1'])
+    ckpt = tmp_path / 'cifar_linf_to_l1_ft_wrt_l1.resume.pth'
+    state = torch.load(ckpt, weights_only=False)
+    assert state['epoch'] == 1 and state['n_done'] == 0          # the finished epoch
+    first = json.loads((tmp_path / 'cifar_linf_to_l1.json').read_text())
+    recipe.main(['--smoke', '--out-dir', str(tmp_path), '--checkpoint-every', '1'])   # nothing left to train
+    again = json.loads((tmp_path / 'cifar_linf_to_l1.json').read_text())
+    assert again['results']['+ FT wrt l1']['flags'] == first['results']['+ FT wrt l1']['flags']

@@ -27,7 +27,7 @@ def test_paper_radii():
 
 @pytest.mark.parametrize('text, norm, eps', [
     ('linf:8/255', 'linf', 8 / 255), ('l1:12', 'l1', 12.0), ('L2=0.5', 'l2', 0.5), ('Linf 4/255', 'linf', 4 / 255),
-    ('l1', 'l1', 12.0), ('inf:0.03', 'linf', 0.03), (' l2 : 1e-1 ', 'l2', 0.1)])
+    ('l1', 'l1', 12.0), ('inf:0.03', 'linf', 0.03), (' l2 : 1e-1 ', 'l2', 0.1), ('linf:0.5/255', 'linf', 0.5 / 255)])
 def test_parse_threat(text, norm, eps):
     tm = parse_threat(text)
     assert tm.norm == norm and tm.eps == pytest.approx(eps)
