@@ -57,7 +57,7 @@ def main():
            '--threads', str(args.threads), '--out', str(tmp)]
     subprocess.run(cmd, check=True, env={**os.environ, 'OMP_NUM_THREADS': str(args.threads)})
     double = json.loads(tmp.read_text())['seconds_per_epoch']
-    print(f"E-AT fine-tuning, cifar_cnn, {args.n_train} images, batch {args.bs} (global), {args.threads} thread(s) per process")
+    print(f"E-AT fine-tuning, cifar_cnn, {args.n_train} images, batch {args.bs} per process, {args.threads} thread(s) per process")
     print(f"{'processes':<10}{'s/epoch':>10}{'speed-up':>10}")
     print(f"{1:<10}{single:>10.1f}{1:>10.2f}")
     print(f"{2:<10}{double:>10.1f}{single / double:>10.2f}")
