@@ -242,3 +242,14 @@ def test_build_model_wraps_in_normalized_for_unit_inputs():
         out = model(x)
         assert out.shape == (2, 10)
         assert torch.allclose(out, model.model((x - model.mean) / model.std))
+
+
+def test_import_eatai_registers_the_architectures():
+    import subprocess
+    import sys
+    code = ("import timm, eatai; names = ['preact_resnet18', 'wrn_28_10', 'wrn_34_20', 'wrn_70_16', 'resnet50_cifar']; "
+            "assert all(n in timm.list_models() for n in names); "
+            "print(timm.create_model('preact_resnet18', num_classes=10).num_classes)")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == '10'
