@@ -88,8 +88,13 @@ def results_table(rows, title: str | None = None) -> Table:
 
 
 def print_results(rows, title: str | None = None, console: Console | None = None) -> None:
-    """Print `results_table(rows, title)` to `console` (a new rich Console by default)."""
-    (console or Console()).print(results_table(rows, title))
+    """Print `results_table(rows, title)` to `console` (a new rich Console by default; 100
+    columns when the output is not a terminal, so logs and pipes get the table unwrapped)."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal and not console.is_jupyter:
+            console = Console(width=100)
+    console.print(results_table(rows, title))
 
 
 def results_text(rows, title: str | None = None, width: int = 120) -> str:
