@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser('demo', help='fine-tune the bundled l-inf model with E-AT on the bundled sample (CPU, minutes)')
     demo.add_argument('--epochs', type=int, default=3)
     demo.add_argument('--lr', type=float, default=0.05)
-    demo.add_argument('--n', type=int, default=500, help='test images to evaluate on (the sample has 500)')
+    demo.add_argument('--n', type=int, default=300, help='test images to evaluate on (the sample has 500)')
     demo.add_argument('--n-train', type=int, default=None, help='fine-tune on this many sample images (default: all 2000)')
     demo.add_argument('--budget', default='quick', choices=['quick', 'standard'], help='attack budget of the evaluation')
     demo.add_argument('--seed', type=int, default=0)

@@ -24,7 +24,7 @@ class DemoConfig:
     epochs: int = 3
     lr: float = 0.05
     bs: int = 64
-    n_eval: int = 500
+    n_eval: int = 300
     n_train: int | None = None   # fine-tune on the first n training images of the sample (None: all 2000)
     budget: str = 'quick'
     seed: int = 0

@@ -16,7 +16,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--epochs', type=int, default=3)
     parser.add_argument('--lr', type=float, default=0.05)
-    parser.add_argument('--n', type=int, default=500)
+    parser.add_argument('--n', type=int, default=300)
     parser.add_argument('--budget', default='quick', choices=['quick', 'standard'])
     parser.add_argument('--n-train', type=int, default=2000, help='training images of the sample to fine-tune on')
     parser.add_argument('--seed', type=int, default=0)
