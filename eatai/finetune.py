@@ -1,4 +1,5 @@
-"""One-line recipes: `fit_adversarial`, `eat_finetune`, `transfer_finetune` (paper Sec. 4.3, App. A)."""
+"""One-line recipes: `fit_adversarial`, `eat_finetune`, `transfer_finetune`, `finetune_adversarial`
+(paper Sec. 4.3, 5.3, App. A)."""
 from __future__ import annotations
 
 import math
@@ -45,9 +46,11 @@ def set_adversary(learn: Learner, scheme, eps=None, n_iter=10, method=None, **ap
     """
     strategy: Strategy = make_strategy(scheme)
     settings = AttackSettings.build(getattr(learn, 'threat_dataset', 'cifar10'), eps, n_iter, method, **apgd_options)
-    for cb in [cb for cb in learn.cbs if isinstance(cb, AdversarialTraining)]:
+    old = [cb for cb in learn.cbs if isinstance(cb, AdversarialTraining)]
+    precision = old[0].attack_precision if old else 'auto'   # a user's choice outlives the re-arming
+    for cb in old:
         learn.remove_cb(cb)
-    cb = AdversarialTraining(strategy, settings)
+    cb = AdversarialTraining(strategy, settings, attack_precision=precision)
     learn.add_cb(cb)
     return cb
 

@@ -77,9 +77,6 @@ class AttackSettings:
         n_iter = max(self.n_iter[n] for n in norms)
         return msd(model, x, y, {n: self.eps[n] for n in norms}, n_iter, grad_scale=self.grad_scale)
 
-    def describe(self, norms) -> str:
-        return ', '.join(f"{n}:{self.eps[n]:.4g} ({self.n_iter[n]} steps)" for n in norms)
-
 
 class EpochStat(Metric):
     """A column in fastai's progress table and recorder: a training statistic of the epoch."""
@@ -143,6 +140,7 @@ class AdversarialTraining(Callback):
 
     def before_fit(self):
         self._dtype, self._radii_checked = self._autocast_dtype(), False
+        self._has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         self.settings.grad_scale = 1024.0 if self._dtype is torch.float16 else 1.0
         kept = L(m for m in self.learn.metrics if not isinstance(m, EpochStat))  # stale columns of a crashed fit
         self.learn.metrics = kept + (L(EpochStat(self, k) for k in self.stat_names) if self.show_stats else L())
@@ -157,8 +155,7 @@ class AdversarialTraining(Callback):
 
     def _skip_unusable(self, x) -> None:
         """Skip batches that cannot be trained on (empty; one example through BatchNorm)."""
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
-        if len(x) == 0 or (len(x) == 1 and has_bn):
+        if len(x) == 0 or (len(x) == 1 and self._has_bn):
             warnings.warn(f"skipped a training batch of {len(x)} example(s): BatchNorm cannot train on fewer than "
                           "two; use drop_last=True or a batch size that divides the data", stacklevel=2)
             raise CancelBatchException()
@@ -205,7 +202,7 @@ class AdversarialTraining(Callback):
             self._counts[norm]['loss'] += self.learn.loss.detach() * n
             self._counts[norm]['loss_n'] += n
 
-    def _global_counts(self) -> dict:
+    def _global_counts(self) -> tuple[dict, float]:
         """This epoch's counts, summed over all processes of a DDP run."""
         keys = list(dict.fromkeys([*self.strategy.robust_keys, *self.strategy.norms]))
         fields = ('batches', 'examples', 'errors', 'loss', 'loss_n')
