@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from fastai.torch_core import set_seed
 
-from eatai.all import build_model, cifar10_dls, print_results, robust_learner
+from eatai.all import build_model, cifar10_dls, load_weights, print_results, robust_learner
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,7 +43,7 @@ def main():
     parser.add_argument('--budget', default='standard', choices=['standard', 'quick'])
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--schemes', nargs='+', default=['eat', 'l1'], help='fine-tuning schemes to compare')
-    parser.add_argument('--start', help='an l-inf-AT state dict saved by an earlier run (skips the AT phase)')
+    parser.add_argument('--start', help='an l-inf-robust cifar_cnn to start from (a state dict saved by an earlier run, or an eatai checkpoint such as the bundled one); skips the AT phase')
     parser.add_argument('--out', default='finetune_mini.json')
     args = parser.parse_args()
 
@@ -52,7 +52,7 @@ def main():
     learn = robust_learner(dls, build_model('cifar_cnn', 10, width=args.width))
     seconds = {}
     if args.start:
-        learn.model.load_state_dict(torch.load(args.start, weights_only=True))
+        load_weights(learn.model, args.start)
     else:
         seconds['linf_at'] = timed_fit(lambda: learn.fit_adversarial(args.at_epochs, args.lr, scheme='linf'),
                                        args.at_epochs)

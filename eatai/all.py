@@ -15,18 +15,18 @@ from .callbacks import (
            Switch,
            make_strategy,
 )
-from .data import CIFAR10_CLASSES, arrays_dls, cifar10_dls, load_sample, sample_dls
+from .data import CIFAR10_CLASSES, arrays_dls, cifar10_dls, imagenet_dls, load_sample, mixed_dls, sample_dls
 from .evaluate import EvalBudget, RobustResult, evaluate_robustness
 from .finetune import finetune_schedule, piecewise_schedule, set_adversary
 from .geometry import hull_covers, hull_radius, union_radius
 from .learner import RobustLearner, paper_sgd, robust_learner
-from .models import Normalized, build_model, load_checkpoint, save_checkpoint
+from .models import Normalized, build_model, load_checkpoint, load_model, load_robustbench, load_weights, save_checkpoint
 from .report import print_results, results_table, results_text
 from .threats import NORMS, ThreatModel, default_threats, parse_threat
 
 __all__ = ['apgd', 'apgd_targeted', 'l1_box_projection', 'EAT', 'MAX', 'AVG', 'MSD', 'SAT', 'Switch', 'AdversarialTraining', 'AttackSettings', 'SingleNorm',
-           'Strategy', 'make_strategy', 'CIFAR10_CLASSES', 'arrays_dls', 'cifar10_dls', 'load_sample', 'sample_dls',
+           'Strategy', 'make_strategy', 'CIFAR10_CLASSES', 'arrays_dls', 'cifar10_dls', 'imagenet_dls', 'mixed_dls', 'load_sample', 'sample_dls',
            'EvalBudget', 'RobustResult', 'evaluate_robustness', 'finetune_schedule', 'piecewise_schedule',
            'set_adversary', 'hull_covers', 'hull_radius', 'union_radius', 'RobustLearner', 'paper_sgd',
-           'robust_learner', 'Normalized', 'build_model', 'load_checkpoint', 'save_checkpoint', 'print_results',
+           'robust_learner', 'Normalized', 'build_model', 'load_checkpoint', 'load_model', 'load_robustbench', 'load_weights', 'save_checkpoint', 'print_results',
            'results_table', 'results_text', 'NORMS', 'ThreatModel', 'default_threats', 'parse_threat', 'set_seed']
