@@ -20,7 +20,8 @@ _TINY = 1e-12
 
 def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     """Per-example norm of `delta` (B, ...) -> (B,), computed in float32 or wider."""
-    flat = delta.reshape(delta.shape[0], -1).float()
+    flat = delta.reshape(delta.shape[0], -1)
+    flat = flat.to(torch.promote_types(flat.dtype, torch.float32))
     if norm == 'linf':
         return flat.abs().amax(dim=1)
     if norm == 'l2':
