@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ['is_distributed', 'is_main_process', 'rank_and_world', 'collective_device', 'all_reduce_sum', 'all_reduce_mean',
-           'broadcast_int', 'gather_objects']
+__all__ = ['is_distributed', 'is_main_process', 'rank_and_world', 'collective_device', 'all_reduce_sum', 'broadcast_int',
+           'gather_objects']
 
 
 def is_distributed() -> bool:
@@ -35,11 +35,6 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     t = values.detach().double().to(collective_device())
     dist.all_reduce(t)
     return t.cpu()
-
-
-def all_reduce_mean(value: float) -> float:
-    """The mean of `value` over all processes."""
-    return all_reduce_sum(torch.tensor([float(value)])).item() / rank_and_world()[1]
 
 
 def broadcast_int(value: int, src: int = 0) -> int:

@@ -170,7 +170,32 @@ def test_eat_state_round_trips_and_reproduces_the_draws():
     assert [t.choose() for _ in range(20)] == expected
 
 
-def test_running_mean_is_debiased():
+def test_eat_statistics_count_every_attacked_example_since_the_start():
+    """As the authors' code: rerr_p = errors / examples over all batches attacked in p so far."""
+    s = EAT(seed=0)
+    outcomes = {'linf': [], 'l1': []}
+
+    class Settings:   # l-inf breaks 3 of 4 examples, l1 1 of 2
+        def run(self, model, x, y, norm, method):
+            correct = torch.tensor([True, False, False, False][:len(y)] if norm == 'linf' else [True, False] * (len(y) // 2))
+            outcomes[norm].append(correct)
+            return x, correct
+    for bs in (4, 2, 4, 2, 4, 4, 2, 4) * 5:
+        s.perturb(Settings(), None, torch.zeros(bs, 1), torch.zeros(bs, dtype=torch.long))
+    for norm, flags in outcomes.items():
+        flags = torch.cat(flags)
+        assert s.rerr[norm].value == pytest.approx((~flags).sum().item() / len(flags))
+    ema = EAT(beta=0.5, seed=0)
+    assert ema.rerr['linf'].beta == 0.5 and s.rerr['linf'].beta is None
+
+
+def test_running_mean_is_weighted_or_debiased():
+    m = RunningMean()
+    assert math.isnan(m.value)
+    m.update(0.5, weight=2), m.update(1.0, weight=6), m.update(0.3, weight=0)
+    assert m.value == pytest.approx(7 / 8)
+    with pytest.raises(ValueError, match='beta'):
+        RunningMean(1.0)
     m = RunningMean(0.9)
     assert math.isnan(m.value)
     m.update(0.4)
@@ -203,8 +228,18 @@ def test_single_epoch_finetune_divides_at_each_third():
     assert rec.lrs == pytest.approx([0.01] * 2 + [0.001] * 2 + [0.0001] * 2)
 
 
+def test_longer_finetuning_divides_at_each_third_of_the_run():
+    """5 epochs (Table 8): lr for epochs 0-1, / 10 for epochs 2-3, / 100 for epoch 4, as the authors' code."""
+    learn = tiny_learner(tiny_dls(n_train=48))
+    rec = Spy(20)
+    learn.eat_finetune(epochs=5, lr=0.05, n_iter=1, cbs=[rec])
+    per_epoch = [rec.lrs[i:i + 3] for i in range(0, 15, 3)]
+    assert [e[0] for e in per_epoch] == pytest.approx([0.05, 0.05, 0.005, 0.005, 0.0005])
+    assert min(rec.lrs) == pytest.approx(0.0005)
+
+
 def test_schedule_functions():
-    f = finetune_schedule(0.05, 3)
+    f = finetune_schedule(0.05)
     assert [f(p) for p in (0, 0.33, 1 / 3, 0.5, 2 / 3, 0.99)] == pytest.approx([0.05, 0.05, 0.005, 0.005, 0.0005, 0.0005])
     g = piecewise_schedule(0.05)
     assert g(69 / 80) == 0.05 and g(70 / 80) == pytest.approx(0.005)

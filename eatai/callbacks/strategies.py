@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._dist import all_reduce_mean, broadcast_int, is_distributed
+from .._dist import all_reduce_sum, broadcast_int, is_distributed
 from ..threats import NORMS, canonical_norm
 
 __all__ = ['AdversarialBatch', 'RunningMean', 'Strategy', 'SingleNorm', 'RandomNorm', 'EAT', 'SAT']
@@ -28,20 +28,35 @@ class AdversarialBatch:
 
 
 class RunningMean:
-    """Exponential moving average with bias correction (as fastai smooths the loss)."""
+    """Running average of a statistic, e.g. a robust training error.
 
-    def __init__(self, beta: float = 0.98):
-        if not 0 <= beta < 1:
-            raise ValueError(f"beta must be in [0, 1), got {beta!r}")
-        self.beta, self.avg, self.count = beta, 0.0, 0
+    beta=None (the default): the mean of everything seen, each value weighted by its count, as
+    the authors' code keeps E-AT's statistics (counts since the start of training). beta in
+    [0, 1): an exponential moving average with bias correction (as fastai smooths the loss),
+    which forgets old batches.
+    """
 
-    def update(self, value: float) -> None:
-        self.count += 1
-        self.avg = self.beta * self.avg + (1 - self.beta) * float(value)
+    def __init__(self, beta: float | None = None):
+        if beta is not None and not 0 <= beta < 1:
+            raise ValueError(f"beta must be None (cumulative mean) or in [0, 1), got {beta!r}")
+        self.beta, self.avg, self.count = beta, 0.0, 0.0
+
+    def update(self, value: float, weight: float = 1.0) -> None:
+        """Add `value`, the mean of `weight` observations (a batch's error rate and its size)."""
+        if not weight > 0:
+            return
+        if self.beta is None:
+            self.count += weight
+            self.avg += (float(value) - self.avg) * weight / self.count
+        else:
+            self.count += 1
+            self.avg = self.beta * self.avg + (1 - self.beta) * float(value)
 
     @property
     def value(self) -> float:
-        return math.nan if self.count == 0 else self.avg / (1 - self.beta ** self.count)
+        if self.count == 0:
+            return math.nan
+        return self.avg if self.beta is None else self.avg / (1 - self.beta ** self.count)
 
     def state_dict(self) -> dict:
         return {'beta': self.beta, 'avg': self.avg, 'count': self.count}
@@ -144,13 +159,15 @@ class RandomNorm(Strategy):
 
 class EAT(RandomNorm):
     """Extreme-norm AT (paper Sec. 4.2): each batch is attacked in l1 or l-inf only, norm p
-    drawn with probability rerr_p / (rerr_1 + rerr_inf) (eq. 6), where rerr_p is a running
-    average of the robust training error of the batches attacked in p, i.e. of the attacks'
-    own robustness flags (no extra attack). 0.5 / 0.5 until both norms have been seen.
+    drawn with probability rerr_p / (rerr_1 + rerr_inf) (eq. 6), where rerr_p is the running
+    robust training error of the examples attacked in p, from the attacks' own robustness flags
+    (no extra attack): by default the fraction of all of them since training started, as in the
+    authors' code; `beta` in [0, 1) makes it an exponential moving average instead.
+    0.5 / 0.5 until both norms have been seen.
     """
     name, norms = 'eat', ('linf', 'l1')
 
-    def __init__(self, beta: float = 0.98, seed: int | None = None):
+    def __init__(self, beta: float | None = None, seed: int | None = None):
         super().__init__(seed)
         self.rerr = {norm: RunningMean(beta) for norm in self.norms}
 
@@ -163,8 +180,10 @@ class EAT(RandomNorm):
         return {norm: e / total for norm, e in zip(self.norms, errors)}
 
     def observe(self, norm, correct):
-        # the mean over all processes: every process keeps the same statistics and draws alike
-        self.rerr[norm].update(all_reduce_mean(1 - correct.float().mean().item()))
+        # summed over all processes: every process keeps the same statistics and draws alike
+        errors, n = all_reduce_sum(torch.tensor([float((~correct).sum()), float(correct.numel())])).tolist()
+        if n:
+            self.rerr[norm].update(errors / n, weight=n)
 
     def stats(self):
         return {f'prob_{norm}': p for norm, p in self.probabilities().items()}
