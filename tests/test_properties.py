@@ -10,7 +10,9 @@ from torch import nn
 from eatai.attacks import apgd, l1_box_projection, lp_norm, make_ball
 from eatai.geometry import hull_radius, union_radius
 
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI runs the same examples every time (300 random examples per test passed locally)
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 NORMS = ('linf', 'l2', 'l1')
 
 
@@ -138,8 +140,8 @@ def test_hull_radius_lies_between_union_radius_and_the_l1_radius(d, eps_inf, pos
 
 
 @pytest.mark.parametrize('norm', NORMS)
-def test_property_helpers_cover_saturated_pixels(norm):
-    """The strategy above really produces pixels on the box faces (the binding case of the projection)."""
+def test_apgd_with_pixels_on_the_box_faces(norm):
+    """A fixed case of what the strategy draws at random: pixels at 0 and 1, where the box binds."""
     x = torch.tensor([[[[0.0, 1.0], [0.3, 1.0]]]], dtype=torch.float64)
     eps = radius(norm, 0.9)
     x_adv, _ = apgd(Linear(4, 3, 0).eval(), x, torch.tensor([0]), norm, eps, n_iter=3)
