@@ -1,5 +1,6 @@
 """Tables 8 and 9: E-AT fine-tuning for 3, 5, 7, 10 and 15 epochs from the same start (an
-l-inf-robust model for Table 8, a naturally trained one for Table 9).
+l-inf-robust model for Table 8, a naturally trained one for Table 9). Every run divides lr by 10
+at each third of its length, as the authors' code does.
 
     python recipes/cifar_finetune_epochs.py --model <id-or-checkpoint> --data <cifar10> [--epoch-list 3 5 7 10 15]
     python recipes/cifar_finetune_epochs.py --smoke
