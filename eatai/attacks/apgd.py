@@ -74,7 +74,8 @@ class _RunResult:
     x_best: torch.Tensor           # (B, ...) highest-loss iterate
     loss_best: torch.Tensor        # (B,)
     correct: torch.Tensor          # (B,) bool, correct at every iterate
-    x_misclassified: torch.Tensor  # (B, ...) last misclassified iterate (x_best where none)
+    x_misclassified: torch.Tensor | None  # (B, ...) last misclassified iterate (x_best where none);
+                                          # None unless keep='misclassified'
 
     def output(self, keep: str) -> torch.Tensor:
         return self.x_best if keep == 'loss' else self.x_misclassified
@@ -100,7 +101,8 @@ def _single_run(model, x, y, ball: Ball, cfg: APGDConfig, y_target, generator) -
     if cfg.loss.startswith('dlr'):   # as AutoAttack: a saturated cross-entropy has zero gradients legitimately
         warn_zero_gradients(grad)
     correct = logits.argmax(dim=1) == y
-    x_misclassified = x_adv.clone()
+    track_misclassified = cfg.keep == 'misclassified'   # training attacks only need the best point
+    x_misclassified = x_adv.clone() if track_misclassified else None
     base_step = ball.step_scale * ball.eps
     state = AttackState(x_adv=x_adv, grad=grad, loss=loss, x_best=x_adv.clone(), grad_best=grad.clone(),
                         loss_best=loss.clone(),
@@ -122,14 +124,16 @@ def _single_run(model, x, y, ball: Ball, cfg: APGDConfig, y_target, generator) -
             state.grad = grad
         wrong = logits.argmax(dim=1) != y
         correct &= ~wrong
-        x_misclassified = torch.where(per_example(wrong, x), state.x_adv, x_misclassified)
+        if track_misclassified:
+            x_misclassified = torch.where(per_example(wrong, x), state.x_adv, x_misclassified)
         improved = state.loss > state.loss_best
         state.x_best = torch.where(per_example(improved, x), state.x_adv, state.x_best)
         state.grad_best = torch.where(per_example(improved, x), state.grad, state.grad_best)
         state.loss_best = torch.where(improved, state.loss, state.loss_best)
         if not last:
             schedule.update(state)
-    x_misclassified = torch.where(per_example(correct, x), state.x_best, x_misclassified)
+    if track_misclassified:
+        x_misclassified = torch.where(per_example(correct, x), state.x_best, x_misclassified)
     return _RunResult(state.x_best, state.loss_best, correct, x_misclassified)
 
 
