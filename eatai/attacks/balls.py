@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..threats import NORMS, ThreatModel
-from ._shapes import per_example
+from ._shapes import at_least_fp32, per_example
 from .projection import l1_box_projection
 from .schedules import OscillationSchedule, SparsitySchedule
 
@@ -20,8 +20,7 @@ _TINY = 1e-12
 
 def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     """Per-example norm of `delta` (B, ...) -> (B,), computed in float32 or wider."""
-    flat = delta.reshape(delta.shape[0], -1)
-    flat = flat.to(torch.promote_types(flat.dtype, torch.float32))
+    flat = at_least_fp32(delta.reshape(delta.shape[0], -1))
     if norm == 'linf':
         return flat.abs().amax(dim=1)
     if norm == 'l2':

@@ -4,24 +4,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._shapes import at_least_fp32
+
 __all__ = ['ce_loss', 'dlr_loss', 'dlr_targeted_loss', 'ce_targeted_loss', 'LOSSES', 'get_loss']
 
 _TINY = 1e-12
 
 
-def _wide(logits: torch.Tensor) -> torch.Tensor:
-    """Logits in float32 or wider: fp16/bf16 logits of an autocast forward are upcast, float64 kept."""
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))
-
-
 def ce_loss(logits, y, y_target=None):
     """Cross-entropy of the true class."""
-    return F.cross_entropy(_wide(logits), y, reduction='none')
+    return F.cross_entropy(at_least_fp32(logits), y, reduction='none')
 
 
 def dlr_loss(logits, y, y_target=None):
     """Difference of logits ratio (Croce & Hein 2020, eq. 6); scale invariant, needs K >= 3."""
-    z = _wide(logits)
+    z = at_least_fp32(logits)
     top = z.sort(dim=1, descending=True).values
     z_y = z.gather(1, y[:, None])[:, 0]
     other = torch.where(top[:, 0] == z_y, top[:, 1], top[:, 0])  # best wrong class
@@ -30,7 +27,7 @@ def dlr_loss(logits, y, y_target=None):
 
 def dlr_targeted_loss(logits, y, y_target):
     """Targeted DLR (Croce & Hein 2020, eq. 7), pushes towards `y_target`; needs K >= 4."""
-    z = _wide(logits)
+    z = at_least_fp32(logits)
     top = z.sort(dim=1, descending=True).values
     z_y = z.gather(1, y[:, None])[:, 0]
     z_t = z.gather(1, y_target[:, None])[:, 0]
@@ -39,7 +36,7 @@ def dlr_targeted_loss(logits, y, y_target):
 
 def ce_targeted_loss(logits, y, y_target):
     """Negative cross-entropy of the target class."""
-    return -F.cross_entropy(_wide(logits), y_target, reduction='none')
+    return -F.cross_entropy(at_least_fp32(logits), y_target, reduction='none')
 
 
 # name -> (loss, whether it needs y_target, minimum number of classes)

@@ -42,7 +42,8 @@ class RunningMean:
         self.beta, self.avg, self.count = beta, 0.0, 0.0
 
     def update(self, value: float, weight: float = 1.0) -> None:
-        """Add `value`, the mean of `weight` observations (a batch's error rate and its size)."""
+        """Add `value`, the mean of `weight` observations (a batch's error rate and its size); the
+        EMA takes one step per update whatever the weight."""
         if not weight > 0:
             return
         if self.beta is None:
