@@ -9,7 +9,7 @@ from fastai.learner import Learner
 from fastcore.basics import patch
 from fastcore.foundation import L
 
-from .callbacks import AdversarialTraining, AttackSettings, SingleNorm, Strategy, make_strategy
+from .callbacks import AdversarialTraining, AttackSettings, DecayAll, SingleNorm, Strategy, TrainingLoss, make_strategy
 from .threats import canonical_norm
 
 __all__ = ['finetune_schedule', 'piecewise_schedule', 'set_adversary']
@@ -40,21 +40,25 @@ def piecewise_schedule(lr: float, decay_at: float = 70 / 80):
     return schedule
 
 
-def set_adversary(learn: Learner, scheme, eps=None, n_iter=10, method=None, **apgd_options) -> AdversarialTraining:
+def set_adversary(learn: Learner, scheme, eps=None, n_iter=10, method=None, loss: TrainingLoss | None = None,
+                  finetune: bool = False, **apgd_options) -> AdversarialTraining:
     """Attach (or re-arm) the learner's adversarial-training callback with a fresh strategy.
 
     The callback stays on the learner afterwards, so `learn.save` keeps its statistics and
     later `fit` calls keep training adversarially; `learn.remove_cb(AdversarialTraining)` undoes it.
     method: None (each scheme's own attack: APGD for E-AT and single norms, PGD/SLIDE for the
-    baselines), or 'apgd' / 'pgd' for all.
+    baselines), or 'apgd' / 'pgd' for all. loss: a training loss on top of the scheme, e.g.
+    `TRADES(beta=6.0)`. finetune: the scheme's fine-tuning defaults (RAMP's lam) rather than
+    its from-scratch ones.
     """
     strategy: Strategy = make_strategy(scheme)
+    strategy.set_mode(finetune)
     settings = AttackSettings.build(getattr(learn, 'threat_dataset', 'cifar10'), eps, n_iter, method, **apgd_options)
     old = [cb for cb in learn.cbs if isinstance(cb, AdversarialTraining)]
     precision = old[0].attack_precision if old else 'auto'   # a user's choice outlives the re-arming
-    for cb in old:
-        learn.remove_cb(cb)
-    cb = AdversarialTraining(strategy, settings, attack_precision=precision)
+    cb = AdversarialTraining(strategy, settings, attack_precision=precision, loss=loss)   # raises before any change
+    for old_cb in old:
+        learn.remove_cb(old_cb)
     learn.add_cb(cb)
     return cb
 
@@ -71,23 +75,26 @@ def _check_lr(lr) -> None:
 
 @patch
 def fit_adversarial(self: Learner, n_epoch: int, lr: float = 0.05, scheme='eat', eps=None, n_iter=10,
-                    decay_at: float = 70 / 80, method=None, cbs=None, **kwargs):
+                    decay_at: float = 70 / 80, method=None, cbs=None, loss=None, **kwargs):
     """Adversarial training from scratch with `scheme` ('eat', 'linf', 'l2', 'l1', 'max', 'avg',
-    'msd', 'sat', or a switch like 'l2>eat@45'): the paper's piecewise schedule, lr / 10 after
-    `decay_at` of the epochs."""
+    'msd', 'sat', 'ramp', a switch like 'l2>eat@45', or a `Strategy` such as `RAMP(lam=5)`): the
+    paper's piecewise schedule, lr / 10 after `decay_at` of the epochs. loss: e.g. `TRADES(beta=6.0)`.
+    BatchNorm and bias parameters keep fastai's weight-decay exemption."""
     _check_epochs(n_epoch), _check_lr(lr)
-    set_adversary(self, scheme, eps, n_iter, method)
+    set_adversary(self, scheme, eps, n_iter, method, loss=loss)
     self.fit(n_epoch, lr, cbs=L(ParamScheduler({'lr': piecewise_schedule(lr, decay_at)})) + L(cbs), **kwargs)
 
 
 @patch
 def finetune_adversarial(self: Learner, scheme='eat', epochs: int = 3, lr: float = 0.05, eps=None, n_iter=10,
-                         method=None, cbs=None, **kwargs):
+                         method=None, cbs=None, loss=None, **kwargs):
     """Adversarial fine-tuning with any scheme and the paper's fine-tuning schedule: lr / 10 at
-    each third of the run (each epoch of 3, each third of a single epoch)."""
+    each third of the run (each epoch of 3, each third of a single epoch). Weight decay applies
+    to every parameter, BatchNorm and biases included, as in the authors' fine-tuning (`DecayAll`).
+    loss: e.g. `TRADES(beta=6.0)`."""
     _check_epochs(epochs), _check_lr(lr)
-    set_adversary(self, scheme, eps, n_iter, method)
-    self.fit(epochs, lr, cbs=L(ParamScheduler({'lr': finetune_schedule(lr)})) + L(cbs), **kwargs)
+    set_adversary(self, scheme, eps, n_iter, method, loss=loss, finetune=True)
+    self.fit(epochs, lr, cbs=L(ParamScheduler({'lr': finetune_schedule(lr)}), DecayAll()) + L(cbs), **kwargs)
 
 
 @patch

@@ -19,7 +19,7 @@ from .guards import check_batch, check_labels, eval_mode, warn_zero_gradients
 from .losses import get_loss
 from .schedules import AttackState
 
-__all__ = ['APGDConfig', 'EVALUATION', 'apgd', 'apgd_targeted']
+__all__ = ['APGDConfig', 'EVALUATION', 'apgd', 'apgd_targeted', 'clean_reference']
 
 _KEEP = ('loss', 'misclassified')
 
@@ -28,7 +28,7 @@ _KEEP = ('loss', 'misclassified')
 class APGDConfig:
     """Settings of one APGD attack. Defaults: the training attack of the paper."""
     n_iter: int = 10
-    loss: str = 'ce'               # 'ce', 'dlr', 'dlr-targeted', 'ce-targeted'
+    loss: str = 'ce'               # 'ce', 'dlr', 'dlr-targeted', 'ce-targeted', 'kl' (TRADES)
     random_start: bool = False
     n_restarts: int = 1
     momentum: float = 0.75         # weight of the new step; 1 - momentum goes to the last one
@@ -163,11 +163,14 @@ def _run_restarts(model, x, y, ball, cfg, y_target):
 
 
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, n_iter: int = 10,
-         *, y_target: torch.Tensor | None = None, return_loss: bool = False, **options):
+         *, y_target: torch.Tensor | None = None, reference: torch.Tensor | None = None, return_loss: bool = False,
+         **options):
     """APGD in the `norm` ball of radius `eps` around x, intersected with [0,1].
 
     x: (B, ...) inputs in [0,1]; y: (B,) labels; norm: 'linf', 'l2' or 'l1'.
     options: the fields of `APGDConfig` (defaults: the paper's training attack).
+    reference: with loss='kl' (TRADES), the (B, K) logits the prediction is pushed away from;
+    by default the model's own eval-mode logits at x.
     Returns (x_adv, correct): the highest-loss point per example (or, with
     keep='misclassified', a misclassified one where found) and a (B,) bool tensor, True where
     the example was classified correctly at every iterate, start included. The flag comes
@@ -178,19 +181,29 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: flo
     cfg = APGDConfig.from_options(n_iter=n_iter, **options)
     ball = make_ball(norm, eps)
     check_batch(x, y)
-    needs_target = get_loss(cfg.loss)[1]
+    needs_target = get_loss(cfg.loss)[1] and cfg.loss != 'kl'
     if needs_target and y_target is None:
         raise ValueError(f"loss {cfg.loss!r} needs y_target")
     if return_loss and cfg.keep != 'loss':
         raise ValueError("return_loss needs keep='loss': the loss is tracked at the highest-loss point")
+    if cfg.loss == 'kl' and not cfg.random_start:
+        raise ValueError("loss 'kl' needs random_start=True: its gradient is zero at the clean point")
     if x.shape[0] == 0:
         empty = (x.detach().clone(), torch.zeros(0, dtype=torch.bool, device=x.device))
         return empty + (x.new_zeros(0),) if return_loss else empty
     x, y = x.detach(), y.detach().long()
     y_target = None if y_target is None else y_target.detach().long()
     with eval_mode(model), torch.enable_grad():
+        if cfg.loss == 'kl':   # the loss's third argument is the reference output, not a class
+            y_target = clean_reference(model, x) if reference is None else reference.detach()
         x_adv, correct, loss = _run_restarts(model, x, y, ball, cfg, y_target)
     return (x_adv, correct, loss) if return_loss else (x_adv, correct)
+
+
+def clean_reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's logits at x without gradients (the caller sets eval mode): the KL attack's reference."""
+    with torch.no_grad():
+        return model(x).detach()
 
 
 def apgd_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float,

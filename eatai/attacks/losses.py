@@ -1,4 +1,7 @@
-"""Per-example attack losses on logits (B, K) and labels (B,), to be maximised."""
+"""Per-example attack losses on logits (B, K) and labels (B,), to be maximised.
+
+The third argument is the target class (B,) of the targeted losses, or for 'kl' the reference
+logits (B, K) of the clean inputs (TRADES' attack)."""
 from __future__ import annotations
 
 import torch
@@ -6,7 +9,7 @@ import torch.nn.functional as F
 
 from ._shapes import at_least_fp32
 
-__all__ = ['ce_loss', 'dlr_loss', 'dlr_targeted_loss', 'ce_targeted_loss', 'LOSSES', 'get_loss']
+__all__ = ['ce_loss', 'dlr_loss', 'dlr_targeted_loss', 'ce_targeted_loss', 'kl_loss', 'LOSSES', 'get_loss']
 
 _TINY = 1e-12
 
@@ -39,12 +42,22 @@ def ce_targeted_loss(logits, y, y_target):
     return -F.cross_entropy(at_least_fp32(logits), y_target, reduction='none')
 
 
+def kl_loss(logits, y, reference):
+    """KL(softmax(reference) || softmax(logits)) per example: how far the prediction moved from
+    the clean one (TRADES, Zhang et al. 2019); `y` is not used. Zero, with zero gradient, at the
+    clean point, so an attack on it needs a random start."""
+    log_p = F.log_softmax(at_least_fp32(reference), dim=1)
+    log_q = F.log_softmax(at_least_fp32(logits), dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+
 # name -> (loss, whether it needs y_target, minimum number of classes)
 LOSSES = {
     'ce': (ce_loss, False, 2),
     'dlr': (dlr_loss, False, 3),
     'dlr-targeted': (dlr_targeted_loss, True, 4),
     'ce-targeted': (ce_targeted_loss, True, 2),
+    'kl': (kl_loss, True, 2),   # its "target" is the reference logits, see `apgd(reference=...)`
 }
 
 

@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 from ._autograd import input_grad
+from .apgd import clean_reference
 from ._shapes import per_example
 from .balls import Ball, make_ball
 from .guards import check_batch, check_labels, eval_mode
-from .losses import ce_loss
+from .losses import get_loss
 
 __all__ = ['PGD_STEP', 'SLIDE_PERCENTILE', 'steepest_direction', 'pgd']
 
@@ -33,11 +34,14 @@ def steepest_direction(ball: Ball, grad: torch.Tensor, x_adv: torch.Tensor,
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, n_iter: int = 10,
         step_size: float | None = None, random_start: bool = False, keep: str = 'last',
-        return_loss: bool = False, generator: torch.Generator | None = None, grad_scale: float = 1.0):
+        return_loss: bool = False, generator: torch.Generator | None = None, grad_scale: float = 1.0,
+        loss: str = 'ce', reference: torch.Tensor | None = None):
     """Projected gradient ascent on the cross-entropy in the `norm` ball (radius eps) within [0,1].
 
     step_size defaults to `PGD_STEP[norm] * eps`. keep: 'last' iterate (standard PGD) or the
-    highest-'loss' one. grad_scale: see `input_grad`. Returns (x_adv, correct[, loss]) like `apgd`: correct is True where the
+    highest-'loss' one. grad_scale: see `input_grad`. loss: 'ce' or 'kl' (TRADES' attack, away from
+    `reference` logits, by default the eval-mode logits at x; needs random_start).
+    Returns (x_adv, correct[, loss]) like `apgd`: correct is True where the
     example was classified correctly at every iterate; n_iter + 1 forwards, n_iter backwards.
     """
     if keep not in ('last', 'loss'):
@@ -48,9 +52,16 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: floa
     step = PGD_STEP[ball.norm] * ball.eps if step_size is None else float(step_size)
     if not step > 0:
         raise ValueError(f"step_size must be > 0, got {step_size!r}")
+    if loss not in ('ce', 'kl'):
+        raise ValueError(f"pgd's loss must be 'ce' or 'kl', got {loss!r}")
+    if loss == 'kl' and not random_start:
+        raise ValueError("loss 'kl' needs random_start=True: its gradient is zero at the clean point")
+    loss_fn = get_loss(loss)[0]
     check_batch(x, y)
     x, y = x.detach(), y.detach().long()
     with eval_mode(model), torch.enable_grad():
+        if loss == 'kl':
+            reference = clean_reference(model, x) if reference is None else reference.detach()
         x_adv = ball.random_start(x, generator) if random_start else x.clone()
         best, loss_best, correct = x_adv, None, None
         for i in range(n_iter + 1):
@@ -59,10 +70,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: floa
                 logits = model(x_adv)
                 if i == 0:
                     check_labels(y, logits)
-                loss = ce_loss(logits, y)
+                value = loss_fn(logits, y, reference)
             ok = logits.detach().argmax(dim=1) == y
             correct = ok if correct is None else correct & ok
-            loss_now = loss.detach()
+            loss_now = value.detach()
             if loss_best is None:
                 best, loss_best = x_adv.detach(), loss_now
             else:
@@ -71,7 +82,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: floa
                 loss_best = torch.where(better, loss_now, loss_best)
             if i == n_iter:
                 break
-            grad = input_grad(loss, x_adv, grad_scale)
+            grad = input_grad(value, x_adv, grad_scale)
             with torch.no_grad():
                 x_adv = ball.project(x, x_adv + step * steepest_direction(ball, grad, x_adv))
     return (best, correct, loss_best) if return_loss else (best, correct)

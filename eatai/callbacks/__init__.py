@@ -1,6 +1,9 @@
 """fastai callbacks for adversarial training (this layer may import fastai; attacks may not)."""
 from .adversarial import AdversarialTraining, AttackSettings, EpochStat
 from .baselines import AVG, MAX, MSD, MultiNorm
+from .decay import DecayAll
+from .losses import TRADES, TrainingLoss, trades_loss
+from .ramp import RAMP, ramp_loss
 from .registry import STRATEGIES, make_strategy
 from .resume import Checkpointing
 from .strategies import EAT, SAT, AdversarialBatch, RandomNorm, RunningMean, SingleNorm, Strategy
@@ -8,4 +11,4 @@ from .switch import Switch
 
 __all__ = ['AdversarialTraining', 'AttackSettings', 'EpochStat', 'Strategy', 'SingleNorm', 'RandomNorm', 'EAT', 'SAT',
            'MultiNorm', 'MAX', 'AVG', 'MSD', 'Switch', 'STRATEGIES', 'AdversarialBatch', 'RunningMean', 'make_strategy',
-           'Checkpointing']
+           'Checkpointing', 'RAMP', 'ramp_loss', 'TRADES', 'TrainingLoss', 'trades_loss', 'DecayAll']

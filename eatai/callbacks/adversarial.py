@@ -19,7 +19,9 @@ from .._dist import all_reduce_sum
 from ..attacks import APGDConfig, apgd
 from ..attacks.msd import msd
 from ..attacks.pgd import pgd
+from ..geometry import hull_covers, hull_radius
 from ..threats import NORMS, canonical_norm, default_eps, parse_threat
+from .losses import TrainingLoss, make_training_loss
 from .registry import make_strategy
 from .strategies import Strategy
 
@@ -41,6 +43,7 @@ class AttackSettings:
     method: str | None = None
     apgd_options: dict = field(default_factory=dict)
     grad_scale: float = 1.0   # set by the callback: fp16 attacks scale the loss like a GradScaler
+    attack_loss: str = 'ce'   # set from the training loss: 'kl' for TRADES
 
     @classmethod
     def build(cls, dataset: str = 'cifar10', eps=None, n_iter=10, method=None, **apgd_options) -> 'AttackSettings':
@@ -65,15 +68,22 @@ class AttackSettings:
         return cls(radii, steps, method, dict(apgd_options))
 
     def run(self, model, x, y, norm: str, default_method: str = 'apgd', return_loss: bool = False):
-        """The training attack in `norm`: (x_adv, correct at every iterate[, loss at x_adv])."""
+        """The training attack in `norm`: (x_adv, correct at every iterate[, loss at x_adv]).
+
+        With attack_loss 'kl' (TRADES) the attack starts at a random point of the ball: the KL to the
+        clean prediction has zero gradient at x (TRADES itself starts at x plus tiny Gaussian noise)."""
+        kl = self.attack_loss == 'kl'
         if (self.method or default_method) == 'pgd':
             return pgd(model, x, y, norm, self.eps[norm], self.n_iter[norm], return_loss=return_loss,
-                       grad_scale=self.grad_scale)
+                       grad_scale=self.grad_scale, loss=self.attack_loss, random_start=kl)
+        trades = {'loss': 'kl', 'random_start': True} if kl else {}
         return apgd(model, x, y, norm, self.eps[norm], self.n_iter[norm], return_loss=return_loss,
-                    **{'grad_scale': self.grad_scale, **self.apgd_options})
+                    **{'grad_scale': self.grad_scale, **self.apgd_options, **trades})
 
     def msd(self, model, x, y, norms):
         """MSD over `norms` with these radii: (x_adv, correct, chosen steps per norm)."""
+        if self.attack_loss != 'ce':
+            raise ValueError(f"MSD's attack maximises the cross-entropy only, not {self.attack_loss!r}")
         n_iter = max(self.n_iter[n] for n in norms)
         return msd(model, x, y, {n: self.eps[n] for n in norms}, n_iter, grad_scale=self.grad_scale)
 
@@ -105,6 +115,7 @@ class AdversarialTraining(Callback):
     Per epoch it reports, for each norm the strategy attacks in, the share of batches in that
     norm (`freq_<norm>`), the robust training error of those attacks (`rerr_<norm>`) and the
     training loss on them (`loss_<norm>`), as fastai metric columns; `history` keeps them.
+    loss: a `TrainingLoss` such as `TRADES(beta=6.0)` on top of the strategy, or None (fastai's loss_func).
     """
     # Before MixedPrecision (order 10) opens its autocast for the training forward: the attack
     # chooses its own precision. attack_precision='auto' attacks under autocast in the learner's
@@ -114,11 +125,19 @@ class AdversarialTraining(Callback):
     order, run_valid = MixedPrecision.order - 1, False
 
     def __init__(self, strategy='eat', settings: AttackSettings | None = None, show_stats: bool = True,
-                 attack_precision: str = 'auto'):
+                 attack_precision: str = 'auto', loss: TrainingLoss | None = None):
         if attack_precision not in ('auto', 'fp32'):
             raise ValueError(f"attack_precision must be 'auto' or 'fp32', got {attack_precision!r}")
         self.strategy: Strategy = make_strategy(strategy)
+        if loss is not None and not isinstance(loss, TrainingLoss):
+            raise TypeError(f"loss must be a TrainingLoss such as TRADES(beta=6.0) or None, got {type(loss).__name__}")
+        if loss is not None and not self.strategy.accepts_loss:
+            raise ValueError(f"scheme {self.strategy.name!r} cannot take the training loss {type(loss).__name__}: "
+                             "it has an attack or loss of its own; use it with 'eat', 'linf', 'l2', 'l1', 'max', "
+                             "'avg', 'sat' or a switch of those")
+        self.loss = loss
         self.settings = settings or AttackSettings.build()
+        self.settings.attack_loss = 'ce' if loss is None else loss.attack_loss
         self.show_stats, self.attack_precision = show_stats, attack_precision
         self.history: list[dict] = []
         self.epoch_stats: dict = {}
@@ -165,11 +184,22 @@ class AdversarialTraining(Callback):
         if self._radii_checked or not {'linf', 'l1'} <= set(self.strategy.norms):
             return
         self._radii_checked = True
+        self._check_hull(x)
         d, e1, einf = x[0].numel(), self.settings.eps['l1'], self.settings.eps['linf']
         if not einf < e1 < d * einf:
             inside = 'the l1 ball lies inside the l-inf ball' if e1 <= einf else 'the l-inf ball lies inside the l1 ball'
             warnings.warn(f"eps1={e1:g}, eps_inf={einf:.4g}, d={d}: {inside}, so training on both reduces to "
                           "single-norm training (Sec. 3 needs eps_inf < eps1 < d*eps_inf)", stacklevel=2)
+
+    def _check_hull(self, x) -> None:
+        """Warn if l1 + l-inf training does not cover the l2 radius (Sec. 4.2's rule, Thm. 3.1)."""
+        d, e1, einf, e2 = x[0].numel(), self.settings.eps['l1'], self.settings.eps['linf'], self.settings.eps['l2']
+        if 'l2' in self.strategy.norms or not einf < e1 < d * einf or hull_covers(e2, e1, einf, d):
+            return
+        warnings.warn(f"the convex hull of the l1 ball (eps1={e1:g}) and the l-inf ball (eps_inf={einf:.4g}) in "
+                      f"d={d} dimensions holds l2 radius {hull_radius(e1, einf, d):.4g} only, less than the l2 radius "
+                      f"{e2:g}: training on l1 and l-inf is not expected to give l2 robustness there (Sec. 4.2); "
+                      "raise eps1 or train l2 as well", stacklevel=3)
 
     def before_batch(self):
         if len(self.xb) != 1 or len(self.yb) != 1:
@@ -182,6 +212,8 @@ class AdversarialTraining(Callback):
         model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
         with precision:
             batch = self.strategy.perturb(self.settings, model, x, y)
+            if self.loss is not None:
+                batch = self.loss.prepare(batch, x, y)
         self.learn.xb, self.learn.yb = (batch.x,), (batch.y,)
         self._batch = batch
         self._n_batches += 1
@@ -192,6 +224,9 @@ class AdversarialTraining(Callback):
             c['errors'] += (~correct).sum()  # a tensor: no device sync per batch
 
     def after_loss(self):
+        if self._batch.loss_fn is not None:   # a loss over several outputs of the forward (RAMP, TRADES)
+            self.learn.loss_grad = self._batch.loss_fn(self.pred)
+            self.learn.loss = self.learn.loss_grad.clone()
         if not bool(torch.isfinite(self.learn.loss)):   # stop before the step spoils the weights
             raise FloatingPointError(f"the training loss became {self.learn.loss.item()} at epoch {self.epoch}, "
                                      f"batch {self.iter}: training stopped before the update, so the weights and "
@@ -238,7 +273,8 @@ class AdversarialTraining(Callback):
     def state_dict(self) -> dict:
         """What a saved learner keeps of the adversarial training (see `RobustLearner.save`)."""
         return {'strategy': self.strategy.name, 'strategy_state': self.strategy.state_dict(),
-                'settings': asdict(self.settings), 'history': list(self.history)}
+                'settings': asdict(self.settings), 'history': list(self.history),
+                'loss': None if self.loss is None else self.loss.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         if state['strategy'] != self.strategy.name:
@@ -246,3 +282,4 @@ class AdversarialTraining(Callback):
         self.strategy.load_state_dict(state['strategy_state'])
         self.settings = AttackSettings(**state['settings'])
         self.history = list(state['history'])
+        self.loss = make_training_loss(state.get('loss'))

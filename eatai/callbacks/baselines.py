@@ -75,6 +75,7 @@ class MSD(Strategy):
     """Multi steepest descent: one attack trying the l-inf, l2 and l1 step at every iteration,
     keeping per example the highest loss; reports which step was taken (paper Fig. 3 right)."""
     name, norms, attack_method, one_norm_per_batch = 'msd', NORMS, 'pgd', False
+    accepts_loss = False   # its own attack picks steps by the cross-entropy
     stat_names = tuple(f'step_{n}' for n in NORMS)
 
     @property

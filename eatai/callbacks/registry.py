@@ -1,16 +1,17 @@
-"""Training schemes by name: 'eat', 'linf', 'l2', 'l1', 'max', 'avg', 'msd', 'sat', and
+"""Training schemes by name: 'eat', 'linf', 'l2', 'l1', 'max', 'avg', 'msd', 'sat', 'ramp', and
 switches written 'l2>eat@45' (l2-AT for epochs 0-44, then E-AT)."""
 from __future__ import annotations
 
 from ..threats import canonical_norm
 from .baselines import AVG, MAX, MSD
+from .ramp import RAMP
 from .strategies import EAT, SAT, SingleNorm, Strategy
 from .switch import Switch
 
 __all__ = ['STRATEGIES', 'make_strategy']
 
 STRATEGIES = {'eat': EAT, 'linf': SingleNorm, 'l2': SingleNorm, 'l1': SingleNorm, 'max': MAX, 'avg': AVG,
-              'msd': MSD, 'sat': SAT}
+              'msd': MSD, 'sat': SAT, 'ramp': RAMP}
 
 
 def _single(scheme) -> Strategy:

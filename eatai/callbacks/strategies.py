@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -25,6 +26,9 @@ class AdversarialBatch:
     y: torch.Tensor
     robust: dict            # norm -> (B,) bool, correct at every iterate of that attack
     norm: str | None = None  # the one norm the batch was trained on, when there is one
+    # the training loss from the training forward's output on x, replacing fastai's loss_func:
+    # for losses over several outputs (RAMP, TRADES), x then holds several point sets concatenated
+    loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 class RunningMean:
@@ -77,6 +81,7 @@ class Strategy:
     attack_method: str = 'apgd'
     one_norm_per_batch: bool = True   # False: every batch is attacked in several norms
     stat_names: tuple = ()            # keys of `stats()` shown as columns of fastai's table
+    accepts_loss: bool = True         # False: its own training loss or attack; no TRADES on top
 
     @property
     def robust_keys(self) -> tuple:
@@ -88,6 +93,10 @@ class Strategy:
 
     def set_epoch(self, epoch: int) -> None:
         """Called at the start of each training epoch."""
+
+    def set_mode(self, finetune: bool) -> None:
+        """Called by `fit_adversarial` (False) and `finetune_adversarial` (True), for schemes whose
+        paper defaults differ between training from scratch and fine-tuning."""
 
     def stats(self) -> dict:
         """Running numbers worth reporting at the end of an epoch (name -> float)."""

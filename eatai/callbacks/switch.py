@@ -24,6 +24,7 @@ class Switch(Strategy):
         self.name = f'{first.name}>{second.name}@{at_epoch}'
         self.norms = _merge(first.norms, second.norms)
         self.one_norm_per_batch = first.one_norm_per_batch and second.one_norm_per_batch
+        self.accepts_loss = first.accepts_loss and second.accepts_loss
         self.stat_names = _merge(first.stat_names, second.stat_names)
         self.active = first
 
@@ -34,6 +35,9 @@ class Switch(Strategy):
     def set_epoch(self, epoch):
         self.active = self.first if epoch < self.at_epoch else self.second
         self.active.set_epoch(epoch)
+
+    def set_mode(self, finetune):
+        self.first.set_mode(finetune), self.second.set_mode(finetune)
 
     def perturb(self, settings, model, x, y):
         return self.active.perturb(settings, model, x, y)
