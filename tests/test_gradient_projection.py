@@ -204,3 +204,23 @@ def test_readme_line_runs():
     with learn.no_bar(), learn.no_logging():
         exec(code, {'learn': learn, 'GradientProjection': GradientProjection})
     assert len(learn.recorder.values) == 1
+
+
+def test_natural_copy_starts_each_epoch_from_a_copy_of_the_optimiser_state():
+    seen = []
+
+    class Look(Callback):
+        order = GradientProjection.order + 1   # right after GP's before_train
+
+        def before_train(self):
+            if self.epoch == 0:   # no momentum yet
+                return
+            gp, opt = self.learn.gradient_projection, self.learn.opt
+            natural = gp._round['opt']
+            for (p, *_), (q, *_) in zip(opt.all_params(), natural.all_params()):
+                s, t = opt.state[p], natural.state[q]
+                seen.append('grad_avg' in s and torch.equal(s['grad_avg'], t['grad_avg'])
+                            and s['grad_avg'].data_ptr() != t['grad_avg'].data_ptr() and p is not q)
+    adversarial(cbs=[GradientProjection(), Look()], epochs=2)
+    assert len(seen) == 6 and all(seen)   # 6 parameter tensors at epoch 1
+
