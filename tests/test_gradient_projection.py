@@ -81,14 +81,14 @@ class Snapshot(Callback):
             self.f_r = params(self.learn)
 
 
-@pytest.mark.parametrize('beta', [0.5, 1.0])
-def test_gp_epoch_matches_a_direct_computation_from_two_separate_runs(beta):
+def test_gp_epoch_matches_a_direct_computation_from_two_separate_runs():
     """f_a from a run without GP, f_n from plain clean training, both from f_r; GP's weights are
     the per-layer formula on them and its BatchNorm statistics are the adversarial model's.
-    8 batches: the schedule's lr / 10 falls on the last one, which the natural pass must follow."""
-    snap, gp = Snapshot(), GradientProjection(beta)
-    with_gp = params(adversarial(cbs=[snap, gp], bs=8))
-    f_r, f_a, f_n = snap.f_r, params(adversarial(bs=8)), params(natural(bs=8))
+    8 batches: the schedule's lr / 10 falls on the last one, which the natural pass must follow.
+    beta = 0.25: swapping beta and 1 - beta shows."""
+    beta, snap, gp = 0.25, Snapshot(), GradientProjection(0.25)
+    gp_run, plain = adversarial(cbs=[snap, gp], bs=8), adversarial(bs=8)
+    with_gp, f_r, f_a, f_n = params(gp_run), snap.f_r, params(plain), params(natural(bs=8))
     cosines = {}
     for name, value in with_gp.items():
         if name.endswith(('weight', 'bias')):     # parameters: the formula, written out here
@@ -104,28 +104,24 @@ def test_gp_epoch_matches_a_direct_computation_from_two_separate_runs(beta):
     assert min(cosines.values()) < 0 < max(cosines.values())
     assert gp.history[0]['cos_mean'] == pytest.approx(sum(cosines.values()) / len(cosines), abs=1e-5)
     assert gp.history[0]['kept'] == sum(c > 0 for c in cosines.values()) / len(cosines)
+    # the recorder saw the adversarial epoch only: the training losses are those of the run without GP
+    assert gp_run.recorder.losses == plain.recorder.losses and len(plain.recorder.losses) == 8
+    assert gp_run.recorder.values[0][0] == plain.recorder.values[0][0]
 
 
-@pytest.mark.parametrize('scheme', ['linf', 'eat', 'max'])
-def test_beta_zero_is_exactly_the_adversarial_run(scheme):
+@pytest.mark.parametrize('scheme, epochs', [('linf', 1), ('eat', 2), ('max', 1)])
+def test_beta_zero_is_exactly_the_adversarial_run(scheme, epochs):
     """With dropout in the model: the natural pass draws from its own random stream, so the
     adversarial run (attacks, dropout masks, E-AT draws) is the one it would be without GP."""
     gp = GradientProjection(0.0)
-    with_gp, without = adversarial(scheme, [gp], epochs=2, dropout=0.3), adversarial(scheme, epochs=2, dropout=0.3)
+    with_gp = adversarial(scheme, [gp], epochs=epochs, dropout=0.3)
+    without = adversarial(scheme, epochs=epochs, dropout=0.3)
     a, b = params(with_gp), params(without)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert with_gp.adversarial_training.history == without.adversarial_training.history
     assert with_gp.recorder.losses == without.recorder.losses        # the natural pass is not recorded
     assert [len(r) for r in with_gp.recorder.values] == [len(r) for r in without.recorder.values]
-    assert len(gp.history) == 2 and all(math.isfinite(h['nat_loss']) for h in gp.history)
-
-
-def test_gp_changes_the_weights_and_keeps_the_adversarial_epoch_recorded():
-    gp_run, plain = adversarial(cbs=[GradientProjection()]), adversarial()
-    assert not torch.equal(gp_run.model[1].weight, plain.model[1].weight)
-    # the epoch's training losses (recorded during the adversarial pass) are those without GP
-    assert gp_run.recorder.losses == plain.recorder.losses
-    assert gp_run.recorder.values[0][0] == plain.recorder.values[0][0]
+    assert len(gp.history) == epochs and all(math.isfinite(h['nat_loss']) for h in gp.history)
 
 
 # --- resumption, save/load ----------------------------------------------------------------------
@@ -148,7 +144,7 @@ def finetune(cbs, beta=0.5):
     return params(learn), learn.recorder.values, gp.history
 
 
-@pytest.mark.parametrize('epoch, batch', [(0, 1), (1, 2), (0, 3)])
+@pytest.mark.parametrize('epoch, batch', [(0, 1), (1, 2)])
 def test_resume_after_interruption_gives_the_same_run(epoch, batch, tmp_path):
     reference = finetune([])
     ckpt = tmp_path / 'run.pth'

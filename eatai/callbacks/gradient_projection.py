@@ -25,7 +25,9 @@ Choices, each for a reason:
   averaged across processes, as DDP averages the learner's: every process combines the same
   f_r, f_a and f_n.
 - Under fastai's `MixedPrecision` with bf16 the natural forward runs under bf16 autocast, as the
-  training forward; otherwise (fp32, or fp16, which would need a loss scaler) in fp32.
+  training forward; otherwise (fp32, or fp16, which would need a loss scaler) in fp32. The natural
+  step follows every training batch that reached the optimiser step, even one whose step fp16's
+  loss scaler skipped.
 """
 from __future__ import annotations
 
@@ -123,7 +125,7 @@ class GradientProjection(Callback):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def before_fit(self):
-        self.history = [h for h in self.history if h['epoch'] < 0]   # a new fit: a new history
+        self.history = []   # a new fit, a new history (a resumed one gets its own back from the checkpoint)
         device = next(self._bare().parameters()).device
         # seeded from the run's seed without drawing from (and so shifting) its random stream
         self._random = _OwnRandom(torch.initial_seed() + 1, device)
