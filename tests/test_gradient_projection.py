@@ -169,9 +169,9 @@ def test_resume_refuses_a_fit_without_gp_or_with_another_beta(tmp_path):
 def test_save_load_round_trip_continues_the_same_run(tmp_path):
     """GP keeps nothing between epochs: the saved weights, optimiser and adversary state are
     the whole run, and a loaded learner continues with GP exactly as the original does."""
-    first = adversarial('eat', [GradientProjection()])
+    first = adversarial('eat', [GradientProjection()], dropout=0.3)
     first.save(tmp_path / 'gp.pth')
-    second = learner()
+    second = learner(dropout=0.3)
     second.load(tmp_path / 'gp.pth')
     second.dls.train.rng.setstate(first.dls.train.rng.getstate())   # the next epoch's shuffle, as a resumed run has
     assert all(torch.equal(a, b) for a, b in zip(params(first).values(), params(second).values()))
