@@ -129,7 +129,8 @@ def main():
         print(f"{s:<10}{row['seconds']:>9.2f}{1:>10.2f}")
         print(f"{s + '+GP':<10}{row['seconds_gp']:>9.2f}{row['ratio_gp']:>10.2f}{row['added_seconds']:>11.2f}"
               f"{row['added_over_clean']:>9.2f}{row['in_gp_seconds']:>9.2f}{row['in_gp_over_clean']:>9.2f}")
-    Path(args.out).write_text(json.dumps({'args': vars(args), 'seconds': best, 'in_gp_seconds': in_gp, 'gp': rows}, indent=1))
+    result = {'args': vars(args), 'seconds': best, 'in_gp_seconds': in_gp, 'gp': rows}
+    Path(args.out).write_text(json.dumps(result, indent=1))
     print(f'written to {args.out}')
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ['is_distributed', 'is_main_process', 'rank_and_world', 'collective_device', 'all_reduce_sum', 'all_reduce_mean_', 'broadcast_int',
-           'gather_objects']
+__all__ = ['is_distributed', 'is_main_process', 'rank_and_world', 'collective_device', 'all_reduce_sum',
+           'all_reduce_mean_', 'broadcast_int', 'gather_objects']
 
 
 def is_distributed() -> bool:
