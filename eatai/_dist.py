@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ['is_distributed', 'is_main_process', 'rank_and_world', 'collective_device', 'all_reduce_sum', 'broadcast_int',
-           'gather_objects']
+__all__ = ['is_distributed', 'is_main_process', 'rank_and_world', 'collective_device', 'all_reduce_sum',
+           'all_reduce_mean_', 'broadcast_int', 'gather_objects']
 
 
 def is_distributed() -> bool:
@@ -35,6 +35,17 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     t = values.detach().double().to(collective_device())
     dist.all_reduce(t)
     return t.cpu()
+
+
+def all_reduce_mean_(tensors: list) -> None:
+    """Average each tensor over all processes, in place (as DDP averages gradients), in one collective."""
+    if not is_distributed() or not tensors:
+        return
+    flat = torch.cat([t.detach().reshape(-1).to(collective_device()) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(part.view_as(t))
 
 
 def broadcast_int(value: int, src: int = 0) -> int:

@@ -10,6 +10,7 @@ from .callbacks import (
            SAT,
            AdversarialTraining,
            AttackSettings,
+           GradientProjection,
            SingleNorm,
            Strategy,
            Switch,
@@ -31,4 +32,4 @@ __all__ = ['apgd', 'apgd_targeted', 'l1_box_projection', 'EAT', 'MAX', 'AVG', 'M
            'set_adversary', 'hull_covers', 'hull_radius', 'union_radius', 'RobustLearner', 'paper_sgd',
            'robust_learner', 'Normalized', 'build_model', 'load_checkpoint', 'load_model', 'load_robustbench', 'load_weights', 'save_checkpoint', 'print_results',
            'results_table', 'results_text', 'NORMS', 'ThreatModel', 'default_threats', 'parse_threat', 'set_seed',
-           'RAMP', 'TRADES', 'TrainingLoss', 'DecayAll']
+           'RAMP', 'TRADES', 'TrainingLoss', 'DecayAll', 'GradientProjection']

@@ -1,4 +1,5 @@
-"""A real two-process DDP run (torchrun, gloo on CPU) of eat_finetune and a sharded evaluation."""
+"""A real two-process DDP run (torchrun, gloo on CPU) of eat_finetune (with GradientProjection)
+and a sharded evaluation."""
 import os
 import subprocess
 import sys
@@ -29,6 +30,7 @@ def test_both_ranks_end_with_the_same_weights_and_statistics(ddp_run):
     assert all(torch.equal(r0['weights'][k], r1['weights'][k]) for k in r0['weights'])
     assert r0['history'] == r1['history'] and r0['probs'] == r1['probs']
     assert len(r0['history']) == 2
+    assert r0['gp'] == r1['gp'] and len(r0['gp']) == 2   # GP combined every epoch, the same on both ranks
 
 
 def test_evaluation_is_gathered_exactly(ddp_run):

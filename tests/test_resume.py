@@ -1,6 +1,6 @@
 """An interrupted run resumes from its last checkpoint and ends with the numbers of an
 uninterrupted run with the same seed: in-process interruptions for every kind of strategy
-state, and one real kill -9 of a training process in the middle of an epoch."""
+state, and one real kill -9 of a training process (with GradientProjection) in the middle of an epoch."""
 import os
 import subprocess
 import sys
@@ -71,7 +71,8 @@ def test_resume_refuses_a_different_run(tmp_path):
 
 
 def run_job(ckpt, out, env=None):
-    return subprocess.Popen([sys.executable, str(JOB), str(ckpt), str(out), 'eat'], env={**os.environ, **(env or {})},
+    # with GradientProjection: its mid-epoch state (f_r, the natural copy) must come back too
+    return subprocess.Popen([sys.executable, str(JOB), str(ckpt), str(out), 'eat', 'gp'], env={**os.environ, **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -94,3 +95,4 @@ def test_kill_9_mid_epoch_and_resume(tmp_path):
     a, b = torch.load(reference, weights_only=False), torch.load(out, weights_only=False)
     assert all(torch.equal(a['weights'][k], b['weights'][k]) for k in a['weights'])
     assert a['history'] == b['history'] and a['values'] == b['values']
+    assert a['gp'] == b['gp'] and len(a['gp']) == 2

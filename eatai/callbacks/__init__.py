@@ -2,6 +2,7 @@
 from .adversarial import AdversarialTraining, AttackSettings, EpochStat
 from .baselines import AVG, MAX, MSD, MultiNorm
 from .decay import DecayAll
+from .gradient_projection import GradientProjection
 from .losses import TRADES, TrainingLoss, trades_loss
 from .ramp import RAMP, ramp_loss
 from .registry import STRATEGIES, make_strategy
@@ -11,4 +12,4 @@ from .switch import Switch
 
 __all__ = ['AdversarialTraining', 'AttackSettings', 'EpochStat', 'Strategy', 'SingleNorm', 'RandomNorm', 'EAT', 'SAT',
            'MultiNorm', 'MAX', 'AVG', 'MSD', 'Switch', 'STRATEGIES', 'AdversarialBatch', 'RunningMean', 'make_strategy',
-           'Checkpointing', 'RAMP', 'ramp_loss', 'TRADES', 'TrainingLoss', 'trades_loss', 'DecayAll']
+           'Checkpointing', 'RAMP', 'ramp_loss', 'TRADES', 'TrainingLoss', 'trades_loss', 'DecayAll', 'GradientProjection']

@@ -4,7 +4,8 @@ same numbers as an uninterrupted run with the same seed.
 `Checkpointing(path, every=50)` saves, atomically, every `every` training batches and at each
 epoch end: model, optimiser, position (epoch, batches done), the adversarial-training state
 (strategy statistics and its generator, epoch counters, history), the recorder, and the random
-states, both current and at the start of the epoch. Run the same fit again with
+states, both current and at the start of the epoch, and the state of every callback with a
+`resume_state()` / `load_resume_state(state)` pair (e.g. `GradientProjection`). Run the same fit again with
 `resume=True`: epochs already done are skipped, the interrupted epoch is replayed from its
 start random state with the finished batches skipped before any attack, and training goes on
 from the saved state.
@@ -73,6 +74,10 @@ class Checkpointing(Callback):
     def _adversary(self) -> AdversarialTraining | None:
         return next((cb for cb in self.learn.cbs if isinstance(cb, AdversarialTraining)), None)
 
+    def _resumables(self) -> dict:
+        """The callbacks that keep state of their own for a resumption, by name."""
+        return {cb.name: cb for cb in self.learn.cbs if hasattr(cb, 'resume_state')}
+
     def _state(self, epoch: int, n_done: int, epoch_start: dict) -> dict:
         rec, adv = self.learn.recorder, self._adversary()
         return {
@@ -82,6 +87,7 @@ class Checkpointing(Callback):
             'recorder': {'values': list(rec.values), 'losses': list(rec.losses), 'lrs': list(rec.lrs),
                          'iters': list(rec.iters), 'smooth': (rec.smooth_loss.count, rec.smooth_loss.val)},
             'rng': _rng_state(), 'epoch_start': epoch_start,
+            'callbacks': {name: cb.resume_state() for name, cb in self._resumables().items()},
         }
 
     def _save(self, epoch: int, n_done: int, epoch_start: dict) -> None:
@@ -125,6 +131,9 @@ class Checkpointing(Callback):
             raise ValueError(f"{self.path} and this fit disagree on adversarial training: resume with the same call")
         if adv is not None:
             adv.load_state_dict(state['adversary'])
+        if set(state.get('callbacks', {})) != set(self._resumables()):
+            raise ValueError(f"{self.path} was saved with the callbacks {sorted(state.get('callbacks', {}))}, this fit "
+                             f"has {sorted(self._resumables())}: resume with the same call")
         return state
 
     def before_epoch(self):
@@ -159,6 +168,8 @@ class Checkpointing(Callback):
         if adv is not None:   # set_epoch at the start of the epoch reset the strategy's epoch counters
             adv.load_state_dict(state['adversary'])
             adv.set_epoch_counts(state['adversary']['counts'])
+        for name, cb in self._resumables().items():   # after their before_train, which started afresh
+            cb.load_resume_state(state['callbacks'][name])
         for cb in [cb for cb in self.learn.cbs if isinstance(cb, _SkipDone)]:
             self.learn.remove_cb(cb)
 
