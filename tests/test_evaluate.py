@@ -104,7 +104,8 @@ def test_union_only_keeps_union_and_marks_upper_bounds():
     full = evaluate_robustness(SumModel(), x, y, threats=BOX_THREATS)
     cheap = evaluate_robustness(SumModel(), x, y, threats=BOX_THREATS, union_only=True)
     assert cheap.flags['union'] == full.flags['union'] and cheap.union == full.union
-    assert cheap.exact == {'linf:0.1': True, 'l2:0.3': False, 'l1:1': False}
+    # attack by attack across the norms: point 1 broke in l1's APGD-CE, so no norm's APGD-T ran on it
+    assert cheap.exact == {'linf:0.1': False, 'l2:0.3': False, 'l1:1': False}
     assert cheap.flags['linf:0.1'] == full.flags['linf:0.1']
     for t in BOX_THREATS:
         assert cheap.robust[t] >= full.robust[t]

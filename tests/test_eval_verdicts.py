@@ -1,0 +1,208 @@
+"""A point's verdict is its own: batch size, union_only, resuming; full AutoAttack; the resume
+file's model check; bad input to the evaluation entry points."""
+import json
+
+import pytest
+import torch
+from pyautoattack import AutoAttack
+from torch import nn
+
+from eatai import evaluate
+from eatai.budget import ATTACKS
+from eatai.evaluate import APGDSettings, EvalBudget, evaluate_robustness
+
+THREATS = ['linf:8/255', 'l2:0.25', 'l1:1.5']
+# one or two steps from a random start and two restarts: the random starts decide most verdicts
+_FEW = APGDSettings(n_iter=1, n_restarts=2, n_target_classes=2)
+START_DECIDES = EvalBudget('start decides', linf=_FEW, l2=_FEW, l1=APGDSettings(n_iter=2, n_restarts=2,
+                                                                                 n_target_classes=2))
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def linear_model(seed=0, n=16, size=4, n_flipped=2):
+    """A random linear 10-class model on (n, 3, size, size) inputs it mostly classifies 'correctly'."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, 10))
+    x = torch.rand(n, 3, size, size)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    y[:n_flipped] = (y[:n_flipped] + 1) % 10
+    return model, x, y
+
+
+def test_flags_do_not_depend_on_batch_size_or_union_only():
+    """Same flags for bs 1, 2, 7, 250; union_only's union is the per-norm union. With
+    pyautoattack's batch-wide draws these differ on this model (checked before the fix)."""
+    model, x, y = linear_model()
+    runs = {bs: evaluate_robustness(model, x, y, threats=THREATS, budget=START_DECIDES, bs=bs) for bs in (1, 2, 7, 250)}
+    assert all(run.flags == runs[250].flags for run in runs.values())
+    assert 0 < runs[250].union < runs[250].clean       # the attacks break some points, not all
+    cheap = evaluate_robustness(model, x, y, threats=THREATS, budget=START_DECIDES, bs=5, union_only=True)
+    assert cheap.flags['union'] == runs[250].flags['union']
+    # the same points in another order and in a subset keep their verdicts (content-keyed streams)
+    order = torch.arange(len(y)).flip(0)[:11]
+    part = evaluate_robustness(model, x[order], y[order], threats=THREATS, budget=START_DECIDES, bs=4)
+    assert part.flags['union'] == [runs[250].flags['union'][i] for i in order.tolist()]
+
+
+def test_square_verdicts_do_not_depend_on_batch_size():
+    """Square alone: its starts are per point, its square positions shared and batch-independent."""
+    model, x, y = linear_model(seed=1, n=10, size=8)
+    budget = EvalBudget('square only', attacks=('square',), square_queries=15)
+    threats = ['linf:4/255', 'l2:0.2', 'l1:2']
+    runs = [evaluate_robustness(model, x, y, threats=threats, budget=budget, bs=bs) for bs in (1, 3, 10)]
+    assert runs[0].flags == runs[1].flags == runs[2].flags
+    assert 0 < runs[0].union < runs[0].clean
+
+
+class Interrupting(nn.Module):
+    """The linear model, failing at its `fail_at`-th forward pass (an interrupted job)."""
+
+    def __init__(self, model, fail_at=None):
+        super().__init__()
+        self.model, self.fail_at, self.calls = model, fail_at, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise KeyboardInterrupt
+        return self.model(x)
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    model, x, y = linear_model()
+    whole = evaluate_robustness(model, x, y, threats=THREATS, budget=START_DECIDES, bs=4)
+    path = tmp_path / 'eval.json'
+    stopped = Interrupting(model, fail_at=120)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_robustness(stopped, x, y, threats=THREATS, budget=START_DECIDES, bs=4, resume_file=path)
+    assert 0 < len(json.loads(path.read_text())['done']) < 3 * 2 * 4    # some chunks finished, not all
+    resumed = evaluate_robustness(Interrupting(model), x, y, threats=THREATS, budget=START_DECIDES, bs=4,
+                                  resume_file=path)
+    assert resumed.flags == whole.flags
+
+
+def test_resume_file_of_another_model_is_refused(tmp_path):
+    """Same name, data, threats and budget, other weights (or only other BatchNorm statistics)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 2 * 2, 10))
+    x = torch.rand(4, 3, 4, 4)
+    with torch.no_grad():
+        y = net.eval()(x).argmax(dim=1)
+    path = tmp_path / 'eval.json'
+    kw = dict(threats=['linf:1/255'], budget='quick', name='same name', resume_file=path)
+    first = evaluate_robustness(net, x, y, **kw)
+    saved = path.read_text()
+    assert evaluate_robustness(net, x, y, **kw).flags == first.flags     # its own file is used
+    other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 2 * 2, 10))
+    with pytest.raises(ValueError, match='model weights'):
+        evaluate_robustness(other, x, y, **kw)
+    other.load_state_dict(net.state_dict())
+    other[1].running_mean += 0.5                                          # a buffer only
+    with pytest.raises(ValueError, match='model weights.*not used'):
+        evaluate_robustness(other, x, y, **kw)
+    assert path.read_text() == saved
+
+
+class DetachedMargin(nn.Module):
+    """Four classes decided by mean(x) > 0.5, with no input gradient: gradient attacks stall,
+    Square (gradient-free) does not."""
+
+    def forward(self, x):
+        s = (x.flatten(1).mean(dim=1) - 0.5).detach() + 0 * x.flatten(1).sum(dim=1)
+        low = torch.full_like(s, -10.0)
+        return torch.stack([s, -s, low, low], dim=1)
+
+
+def test_autoattack_budget_runs_square_where_apgd_is_blind():
+    x, y = torch.full((1, 3, 8, 8), 0.52), torch.zeros(1, dtype=torch.long)   # mean 0.52, l-inf radius 0.05
+    standard = evaluate_robustness(DetachedMargin(), x, y, threats=['linf:0.05'])
+    full = evaluate_robustness(DetachedMargin(), x, y, threats=['linf:0.05'], budget='autoattack')
+    assert standard.flags['union'] == [True]        # APGD has no gradient to follow
+    assert full.flags['union'] == [False]           # Square walks the margin down
+    assert 'full AutoAttack' in full.budget and 'FAB-T' in full.budget and 'NOT' not in full.budget
+    assert json.loads(full.to_json())['budget'] == full.budget
+
+
+def _settings(aa) -> dict:
+    """Every setting of AutoAttack's four attacks that version='standard' decides."""
+    apgd = ('n_iter', 'n_restarts', 'use_largereps', 'eps', 'n_iter_2', 'n_iter_min', 'size_decr', 'thr_decr', 'eot_iter')
+    out = {f'ce.{k}': getattr(aa.apgd, k) for k in apgd}
+    out.update({f't.{k}': getattr(aa.apgd_targeted, k) for k in (*apgd, 'n_target_classes')})
+    out.update({f'fab.{k}': getattr(aa.fab, k) for k in ('n_restarts', 'n_iter', 'n_target_classes', 'eps', 'norm',
+                                                          'alpha_max', 'eta', 'beta')})
+    out.update({f'square.{k}': getattr(aa.square, k) for k in ('n_queries', 'p_init', 'n_restarts', 'eps', 'norm',
+                                                               'rescale_schedule', 'loss')})
+    return {**out, 'seed': aa.seed, 'norm': aa.norm}
+
+
+class SumModel(nn.Module):
+    """Ten classes; class 0 against 1 is decided by sum(x) > 0.3, the other eight never win."""
+
+    def forward(self, x):
+        s = x.flatten(1).sum(dim=1) - 0.3
+        return torch.cat([torch.stack([s, -s], dim=1), torch.full((len(s), 8), -10.0)], dim=1)
+
+
+def decided_points():
+    """1x8x8 images: robust in every norm below (sum 64), broken in every one (sum 0.4), misclassified."""
+    x = torch.stack([torch.ones(1, 8, 8), torch.full((1, 8, 8), 0.4 / 64), torch.ones(1, 8, 8)])
+    return x, torch.tensor([0, 0, 1]), [True, False, False]
+
+
+@pytest.mark.parametrize('norm, eps', [('linf', 0.1), ('l2', 0.3), ('l1', 1.0)])
+def test_autoattack_budget_is_pyautoattacks_standard_version(monkeypatch, norm, eps):
+    """The attacks that run, in order, with AutoAttack(version='standard')'s settings for this
+    norm; and the same flags as that AutoAttack run directly. The outcome is decided (points
+    far inside or far outside the radius), so the per-point random starts, which differ from
+    pyautoattack's batch-wide ones by design, cannot change a verdict."""
+    seen, run = [], AutoAttack.run_standard_evaluation
+
+    def spy(self, *args, **kwargs):
+        seen.append((list(self.attacks_to_run), _settings(self)))
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(AutoAttack, 'run_standard_evaluation', spy)
+    x, y, expected = decided_points()
+    res = evaluate_robustness(SumModel(), x, y, threats=[f'{norm}:{eps}'], budget='autoattack', seed=2)
+    ref = AutoAttack(SumModel(), norm={'linf': 'Linf', 'l2': 'L2', 'l1': 'L1'}[norm], eps=eps, seed=2,
+                     version='standard')
+    ref.verbose = False
+    assert [attacks for attacks, _ in seen] == [[a] for a in ATTACKS]   # each on the points still robust
+    assert all(settings == _settings(ref) for _, settings in seen)
+    x_adv, _ = ref.run_standard_evaluation(x, y, batch_size=250)
+    with torch.no_grad():
+        direct = (SumModel()(x_adv).argmax(dim=1) == y).tolist()
+    assert res.flags[f'{norm}:{eps}'] == direct == expected
+
+
+@pytest.mark.parametrize('budget', ['autoatack', 'Standrd', 'fast'])
+def test_typo_in_budget_names_the_choices(budget):
+    model, x, y = linear_model(n=2)
+    with pytest.raises(ValueError, match="'standard', 'quick', 'autoattack'") as err:
+        evaluate_robustness(model, x, y, budget=budget)
+    if budget == 'autoatack':
+        assert "did you mean 'autoattack'" in str(err.value)
+
+
+def test_model_returning_probabilities_is_refused():
+    model, x, y = linear_model(n=3)
+    with pytest.raises(ValueError, match='probabilities.*softmax'):
+        evaluate_robustness(nn.Sequential(model, nn.Softmax(dim=1)), x, y, budget='quick')
+    # log-probabilities are logits up to a constant: accepted
+    evaluate_robustness(nn.Sequential(model, nn.LogSoftmax(dim=1)), x[2:], y[2:], threats=['linf:1/255'],
+                        budget='quick')
+
+
+def test_check_n():
+    evaluate.check_n(5, 5)
+    for n, match in [(6, 'larger than the data.*n <= 5'), (0, '>= 1'), (2.5, 'integer'), (True, 'integer')]:
+        with pytest.raises(ValueError, match=match):
+            evaluate.check_n(n, 5)
