@@ -13,7 +13,8 @@ sample test images (500 at most):
 2. `--autoattack`: the standard budget against full AutoAttack (budget='autoattack'), per norm
    and union, with the seconds of each norm: does FAB-T or Square break a point APGD missed?
 
-    python bench/eval_cost.py [--n 500] [--budget standard] [--bs 250] [--autoattack] [--aa-n N] [--out eval_cost.json]
+    python bench/eval_cost.py [--n 500] [--budget standard] [--bs 250] [--check-bs 7 32] [--autoattack] [--aa-n N]
+                              [--skip-part1] [--out eval_cost.json]
 """
 from __future__ import annotations
 
@@ -69,6 +70,8 @@ def main(argv=None) -> dict:
     p.add_argument('--autoattack', action='store_true', help='also part 2: standard vs full AutoAttack')
     p.add_argument('--aa-n', type=int, default=None, help='points for part 2 (default: --n)')
     p.add_argument('--skip-part1', action='store_true')
+    p.add_argument('--check-bs', type=int, nargs='*', default=[],
+                   help='part 1 also runs eatai per norm with these batch sizes: are the flags the same?')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s)')
     p.add_argument('--out', help='write the figures as JSON here')
     args = p.parse_args(argv)
@@ -83,7 +86,10 @@ def main(argv=None) -> dict:
         flags_naive, t_naive = timed(lambda: naive(model, x, y, threats, budget, args.bs))
         per_norm, t_per = timed(lambda: evaluate_robustness(model, x, y, threats, budget, bs=args.bs))
         union, t_union = timed(lambda: evaluate_robustness(model, x, y, threats, budget, bs=args.bs, union_only=True))
+        other_bs = {bs: evaluate_robustness(model, x, y, threats, budget, bs=bs) for bs in args.check_bs}
         out['part1'] = {
+            'per norm, other bs: differing points': {bs: {k: differ(r.flags[k], per_norm.flags[k]) for k in r.flags}
+                                                     for bs, r in other_bs.items()},
             'seconds': {'naive': t_naive, 'eatai per norm': t_per, 'eatai union_only': t_union},
             'ratio union_only / per norm': t_union / t_per, 'ratio union_only / naive': t_union / t_naive,
             'robust': {'naive': {k: sum(v) / len(v) for k, v in flags_naive.items()},
@@ -99,6 +105,8 @@ def main(argv=None) -> dict:
         print(f"  union_only / per norm {t_union / t_per:.2f} (goal <= 0.6); union_only / naive {t_union / t_naive:.2f} "
               f"(goal <= 0.4)")
         print(f"  per norm: {per_norm}\n  union_only: {union}")
+        for bs, d in out['part1']['per norm, other bs: differing points'].items():
+            print(f"  per norm with bs {bs}: points whose flags differ from bs {args.bs}: {d}")
         print(f"  union_only union == per-norm union: {out['part1']['union_only union == per-norm union']}; "
               f"naive vs eatai per-norm differing points: {out['part1']['naive vs eatai per norm: differing points']}")
     if args.autoattack:

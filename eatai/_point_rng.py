@@ -64,8 +64,9 @@ class _Frame:
 class PointStreams(TorchFunctionMode):
     """Per-point random draws for pyautoattack's attacks; `salt` (seed, threat) keys them.
 
-    Use: `streams.wrap(attack, name)` for each attack object, then run the attacks inside
-    `with streams:`. One instance per group of attacks that pyautoattack would reseed."""
+    Use: `streams.wrap(attack, name)` for each attack object that draws random starts; the
+    mode is active only while the wrapped single runs of that attack execute. One instance per
+    group of attacks that pyautoattack would reseed."""
 
     def __init__(self, salt: str):
         super().__init__()
@@ -83,13 +84,17 @@ class PointStreams(TorchFunctionMode):
     def _announcing(self, method, name: str):
         @functools.wraps(method)
         def run(x, y, *args, **kwargs):
+            outer, outer_name = not self.frames, self.name
             self.frames.append(_Frame(x, _point_keys(x, y)))
-            outer, self.name = self.name, name
+            self.name = name
             try:
-                return method(x, y, *args, **kwargs)
+                if not outer:          # l1's decr_eps_pgd calling attack_single_run: already active
+                    return method(x, y, *args, **kwargs)
+                with self:             # active only inside the attacks' single runs: less overhead
+                    return method(x, y, *args, **kwargs)
             finally:
                 self.frames.pop()
-                self.name = outer
+                self.name = outer_name
         return run
 
     def _generator(self, key: str) -> torch.Generator:
