@@ -202,3 +202,27 @@ def test_check_n():
     for n, match in [(6, 'larger than the data.*n <= 5'), (0, '>= 1'), (2.5, 'integer'), (True, 'integer')]:
         with pytest.raises(ValueError, match=match):
             evaluate.check_n(n, 5)
+
+
+def test_entry_points_take_autoattack_and_refuse_bad_input(tmp_path, capsys):
+    """robust_eval, `eatai eval` and the recipes: 'autoattack' is a budget, labelled in the
+    table and the JSON; a typo or an n beyond the data is one clear error naming the choices."""
+    from eatai.cli import main
+    from eatai.data import sample_dls
+    from eatai.demo import DEMO_CHECKPOINT
+    from eatai.learner import robust_learner
+    from eatai.recipes import recipe_parser
+    out = tmp_path / 'aa.json'
+    # the first sample test image is misclassified: nothing to attack, the labels still show
+    assert main(['eval', '--model', str(DEMO_CHECKPOINT), '--n', '1', '--budget', 'autoattack', '--out', str(out)]) == 0
+    assert 'full AutoAttack' in capsys.readouterr().out
+    assert json.loads(out.read_text())['budget'].startswith('full AutoAttack')
+    with pytest.raises(SystemExit):
+        main(['eval', '--model', str(DEMO_CHECKPOINT), '--budget', 'autoatack'])
+    assert "invalid choice: 'autoatack'" in capsys.readouterr().err
+    assert recipe_parser('r').parse_args(['--budget', 'autoattack']).budget == 'autoattack'
+    learn = robust_learner(sample_dls(bs=64), str(DEMO_CHECKPOINT))
+    with pytest.raises(ValueError, match="did you mean 'autoattack'"):
+        learn.robust_eval(n=2, budget='autoatack', progress=False)
+    with pytest.raises(ValueError, match='n=501 is larger than the data: it holds 500'):
+        learn.robust_eval(n=501, budget='quick', progress=False)
