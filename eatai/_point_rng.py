@@ -8,7 +8,12 @@ row i from a generator of its own keyed to the seed, the attack and the point's 
 it, so its sequence of draws depends on its own history alone: the same in any batch, any
 chunk, any shard, any order. Draws that are not per row (Square's square positions, one per
 iteration for the whole batch) keep coming from the global RNG that pyautoattack seeds;
-they do not depend on the batch either, as every iteration draws the same count.
+they do not depend on the batch either: every iteration draws the same count, and AutoAttack
+runs Square with one restart (a second restart would start where the first one's early stop
+left the stream). The row of a draw is known from the sub-batch the attack took of the clean
+points it was given (`x[idx]`, which the mode watches): pyautoattack's attacks draw for the
+points they still work on, in that order. A point's pixels and label being its identity, two
+identical examples share a stream, and so a verdict.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ _DRAWS = {torch.rand: torch.rand, torch.randn: torch.randn,
           torch.rand_like: torch.rand, torch.randn_like: torch.randn}
 _GETITEM = torch.Tensor.__getitem__
 _WATCHED = frozenset([*_DRAWS, _GETITEM])
-# where pyautoattack draws per-row starts: APGD (restarts, l1's schedule), FAB (restarts), Square
+# where pyautoattack draws per-row starts: APGD (restarts, l1's schedule), Square, FAB (restarts > 1)
 _METHODS = ('attack_single_run', 'decr_eps_pgd')
 
 
