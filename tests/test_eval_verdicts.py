@@ -14,8 +14,9 @@ from eatai.evaluate import APGDSettings, EvalBudget, evaluate_robustness
 THREATS = ['linf:8/255', 'l2:0.25', 'l1:1.5']
 # one or two steps from a random start and two restarts: the random starts decide most verdicts
 _FEW = APGDSettings(n_iter=1, n_restarts=2, n_target_classes=2)
-START_DECIDES = EvalBudget('start decides', linf=_FEW, l2=_FEW, l1=APGDSettings(n_iter=2, n_restarts=2,
-                                                                                 n_target_classes=2))
+# l1 with AutoAttack's radius schedule (3, 2, 1 x eps), whose start is drawn in another method
+START_DECIDES = EvalBudget('start decides', linf=_FEW, l2=_FEW,
+                           l1=APGDSettings(n_iter=3, n_restarts=2, n_target_classes=2, use_largereps=True))
 
 
 @pytest.fixture(autouse=True, scope='module')
