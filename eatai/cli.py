@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .budget import BUDGETS
+
 __all__ = ['main', 'build_parser']
 
 
@@ -33,7 +35,8 @@ def _eval(args) -> int:
     from .report import print_results
     dls = sample_dls(bs=args.bs) if args.data == 'sample' else cifar10_dls(bs=args.bs, path=args.data)
     learn = robust_learner(dls, args.model, dataset=args.dataset)
-    result = learn.robust_eval(n=args.n, threats=args.threat or None, budget=args.budget, seed=args.seed,
+    n = args.n if args.n is not None else min(1000, len(dls.valid_ds))
+    result = learn.robust_eval(n=n, threats=args.threat or None, budget=args.budget, seed=args.seed,
                                name=Path(str(args.model)).name)
     print_results([(result.model, result)])
     if args.out:
@@ -77,9 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument('--data', default='sample', help="'sample' (bundled) or a CIFAR-10 folder / .npz")
     ev.add_argument('--dataset', default='cifar10', help='whose default radii to use')
     ev.add_argument('--threat', action='append', help="threat model such as 'linf:8/255' (repeatable)")
-    ev.add_argument('--n', type=int, default=1000)
+    ev.add_argument('--n', type=int, default=None, help='test points (default: 1000, or all of a smaller test set)')
     ev.add_argument('--bs', type=int, default=250)
-    ev.add_argument('--budget', default='standard', choices=['quick', 'standard'])
+    ev.add_argument('--budget', default='standard', choices=BUDGETS,
+                    help="'standard': APGD-CE + APGD-T (the paper's); 'autoattack': full AutoAttack; 'quick': opt-in")
     ev.add_argument('--seed', type=int, default=0)
     ev.add_argument('--out', help='write the result as JSON here')
     ev.set_defaults(run=_eval)

@@ -19,7 +19,7 @@ from ._io import atomic_torch_save
 from .attacks import check_model_outputs
 from .callbacks import AdversarialTraining
 from .data import check_dls
-from .evaluate import RobustResult, evaluate_robustness
+from .evaluate import EvalBudget, RobustResult, check_n, evaluate_robustness
 from .models import Normalized, load_model, load_weights
 from .threats import default_threats
 
@@ -129,9 +129,13 @@ def robust_eval(self: Learner, n: int = 1000, threats=None, budget='standard', d
                 union_only: bool = False, seed: int = 0, progress: bool = True, name: str | None = None,
                 resume_file=None) -> RobustResult:
     """Clean, per-threat and union robust accuracy of the model on the first `n` validation
-    items (APGD-CE then APGD-T, AutoAttack's standard budget unless `budget='quick'`).
+    items: budget 'standard' (APGD-CE then APGD-T, AutoAttack's settings), 'autoattack' (full
+    AutoAttack) or 'quick' (see `evaluate_robustness`, which also explains `union_only`).
     resume_file: keep finished chunks there, so an interrupted evaluation picks up where it stopped."""
+    check_n(n)
+    EvalBudget.from_name(budget)   # a typo fails before any data is read
     x, y = _first_items(dl if dl is not None else self.dls.valid, n)
+    check_n(n, len(y))
     threats = threats if threats is not None else default_threats(getattr(self, 'threat_dataset', 'cifar10'))
     device = next(self.model.parameters()).device
     return evaluate_robustness(self.model, x, y, threats=threats, budget=budget, bs=bs, union_only=union_only,

@@ -19,6 +19,7 @@ from fastai.torch_core import set_seed
 from . import distributed  # noqa: F401  registers Learner.robust_distrib_ctx
 from ._dist import is_main_process
 from ._io import atomic_torch_save, atomic_write_text
+from .budget import BUDGETS
 from .callbacks import Checkpointing
 from .data import arrays_dls, cifar10_dls, load_sample
 from .learner import robust_learner
@@ -58,7 +59,8 @@ def recipe_parser(description: str, epochs: int = 3, lr: float = 0.05, bs: int =
     p.add_argument('--bs', type=int, default=bs)
     p.add_argument('--n-iter', type=int, default=10, help='APGD steps of the training attacks')
     p.add_argument('--n-eval', type=int, default=1000, help='test points for the robust evaluation')
-    p.add_argument('--budget', default='standard', choices=['standard', 'quick'])
+    p.add_argument('--budget', default='standard', choices=BUDGETS,
+                   help="'standard': APGD-CE + APGD-T (the paper's); 'autoattack': full AutoAttack; 'quick': opt-in")
     p.add_argument('--dataset', default=dataset, help="whose radii: 'cifar10' or 'imagenet'")
     p.add_argument('--out-dir', default='runs', help='where the checkpoint and results JSON go')
     p.add_argument('--seed', type=int, default=0)

@@ -55,3 +55,6 @@ def test_evaluation_is_gathered_exactly(ddp_run):
         assert r0['flags'][threat] == expected.tolist()
     union = [all(r0['flags'][t][i] for t in ('linf:8/255', 'l2:0.5', 'l1:12')) for i in range(16)]
     assert r0['flags']['union'] == union
+    # random starts drawn per point: sharding changes no verdict, the whole set in one process agrees
+    whole = evaluate_robustness(learn.model, x, y, threats=['linf:8/255', 'l2:0.5', 'l1:12'], budget='quick')
+    assert whole.flags == r0['flags']

@@ -7,7 +7,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ['eval_mode', 'check_batch', 'check_labels', 'check_model_outputs', 'warn_zero_gradients']
+__all__ = ['eval_mode', 'check_batch', 'check_labels', 'check_model_outputs', 'looks_like_probabilities',
+           'warn_zero_gradients']
 
 
 @contextmanager
@@ -58,13 +59,20 @@ def check_labels(y: torch.Tensor, logits: torch.Tensor) -> None:
         raise ValueError(f"label {int(y.max())} is out of range for a model with {logits.shape[1]} outputs")
 
 
+def looks_like_probabilities(out: torch.Tensor) -> bool:
+    """True if (B, K) outputs lie in [0,1] and every row sums to 1: a softmax, not logits."""
+    if out.dim() != 2 or out.numel() == 0:
+        return False
+    return bool(((out >= 0) & (out <= 1)).all()) and \
+        bool(torch.allclose(out.float().sum(1), torch.ones(len(out), device=out.device), atol=1e-4))
+
+
 def check_model_outputs(model: nn.Module, x: torch.Tensor) -> None:
     """Warn (as AutoAttack does) if the model returns probabilities instead of logits, or is
     random in eval mode (dropout left on, noise layers): attacks on it would mislead."""
     with eval_mode(model), torch.no_grad():
         first, second = model(x), model(x)
-    if first.dim() == 2 and bool(((first >= 0) & (first <= 1)).all()) and \
-            bool(torch.allclose(first.float().sum(1), torch.ones(len(first), device=first.device), atol=1e-4)):
+    if looks_like_probabilities(first):
         warnings.warn("the model's outputs look like probabilities (in [0,1], summing to 1): attacks and the "
                       "cross-entropy need logits, remove the final softmax", stacklevel=2)
     if not torch.allclose(first, second, atol=1e-5, rtol=1e-4):

@@ -1,0 +1,133 @@
+"""What a multi-norm evaluation costs: the naive protocol, eatai per norm, eatai union-only;
+and what full AutoAttack adds to the standard budget.
+
+On the bundled checkpoint (eatai/checkpoints/cifar_cnn_linf.pt) and the first --n bundled
+sample test images (500 at most):
+
+1. seconds of the naive protocol (pyautoattack's AutoAttack with version='standard' settings,
+   APGD-CE + APGD-T, run separately per norm on every point, as RobustBench and the authors'
+   evaluation script do), of `evaluate_robustness` per norm and with `union_only=True`; the
+   ratios (goal: union-only <= 0.6x eatai per norm, <= 0.4x naive); whether the flags agree
+   (eatai's runs with each other exactly; the naive one draws its random starts per batch, so
+   a few points may differ from it), all in one run, one after the other;
+2. `--autoattack`: the standard budget against full AutoAttack (budget='autoattack'), per norm
+   and union, with the seconds of each norm: does FAB-T or Square break a point APGD missed?
+
+    python bench/eval_cost.py [--n 500] [--budget standard] [--bs 250] [--check-bs 7 32] [--autoattack] [--aa-n N]
+                              [--skip-part1] [--out eval_cost.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from eatai.budget import EvalBudget
+from eatai.data import load_sample
+from eatai.demo import DEMO_CHECKPOINT
+from eatai.evaluate import _configure, evaluate_robustness
+from eatai.models import load_model
+from eatai.threats import default_threats
+
+_AA_NORM = {'linf': 'Linf', 'l2': 'L2', 'l1': 'L1'}
+
+
+def naive(model, x, y, threats, budget: EvalBudget, bs: int, seed: int = 0) -> dict:
+    """pyautoattack directly, one AutoAttack per norm on every point: flags per threat and union."""
+    from pyautoattack import AutoAttack
+    flags = {}
+    for threat in threats:
+        settings = budget.settings(threat.norm)
+        aa = AutoAttack(model, norm=_AA_NORM[threat.norm], eps=threat.eps, seed=seed, version='standard')
+        aa.attacks_to_run, aa.verbose = ['apgd-ce', 'apgd-t'], False
+        _configure(aa.apgd, settings, settings.n_restarts)       # the same settings as eatai's budget
+        _configure(aa.apgd_targeted, settings, settings.n_restarts_targeted)
+        aa.apgd_targeted.n_target_classes = settings.n_target_classes
+        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=bs)
+        with torch.no_grad():
+            flags[str(threat)] = (model(x_adv).argmax(1) == y).tolist()
+    flags['union'] = [all(f[i] for f in flags.values()) for i in range(len(y))]
+    return flags
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def differ(a: list, b: list) -> list[int]:
+    return [i for i, (p, q) in enumerate(zip(a, b)) if p != q]
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--n', type=int, default=500, help='sample test points for part 1 (the sample has 500)')
+    p.add_argument('--budget', default='standard', help="part 1's budget: 'standard' or 'quick'")
+    p.add_argument('--bs', type=int, default=250)
+    p.add_argument('--autoattack', action='store_true', help='also part 2: standard vs full AutoAttack')
+    p.add_argument('--aa-n', type=int, default=None, help='points for part 2 (default: --n)')
+    p.add_argument('--skip-part1', action='store_true')
+    p.add_argument('--check-bs', type=int, nargs='*', default=[],
+                   help='part 1 also runs eatai per norm with these batch sizes: are the flags the same?')
+    p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s)')
+    p.add_argument('--out', help='write the figures as JSON here')
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _, _, x_all, y_all = load_sample()
+    model = load_model(DEMO_CHECKPOINT).eval()
+    threats, budget = list(default_threats('cifar10')), EvalBudget.from_name(args.budget)
+    out = {'n': args.n, 'budget': budget.label, 'bs': args.bs, 'threads': torch.get_num_threads()}
+    if not args.skip_part1:
+        x, y = x_all[:args.n], y_all[:args.n]
+        flags_naive, t_naive = timed(lambda: naive(model, x, y, threats, budget, args.bs))
+        per_norm, t_per = timed(lambda: evaluate_robustness(model, x, y, threats, budget, bs=args.bs))
+        union, t_union = timed(lambda: evaluate_robustness(model, x, y, threats, budget, bs=args.bs, union_only=True))
+        other_bs = {bs: evaluate_robustness(model, x, y, threats, budget, bs=bs) for bs in args.check_bs}
+        out['part1'] = {
+            'per norm, other bs: differing points': {bs: {k: differ(r.flags[k], per_norm.flags[k]) for k in r.flags}
+                                                     for bs, r in other_bs.items()},
+            'seconds': {'naive': t_naive, 'eatai per norm': t_per, 'eatai union_only': t_union},
+            'ratio union_only / per norm': t_union / t_per, 'ratio union_only / naive': t_union / t_naive,
+            'robust': {'naive': {k: sum(v) / len(v) for k, v in flags_naive.items()},
+                       'eatai per norm': {**per_norm.robust, 'union': per_norm.union}, 'eatai union_only': union.union},
+            'union_only union == per-norm union': union.flags['union'] == per_norm.flags['union'],
+            'union_only vs per-norm: differing points': differ(union.flags['union'], per_norm.flags['union']),
+            'naive vs eatai per norm: differing points': {k: differ(flags_naive[k], per_norm.flags[k])
+                                                          for k in flags_naive},
+        }
+        print(f"part 1, n={args.n}, {budget.label}, bs {args.bs}, {torch.get_num_threads()} threads")
+        for name, sec in out['part1']['seconds'].items():
+            print(f"  {name:18s} {sec:8.1f} s")
+        print(f"  union_only / per norm {t_union / t_per:.2f} (goal <= 0.6); union_only / naive {t_union / t_naive:.2f} "
+              f"(goal <= 0.4)")
+        print(f"  per norm: {per_norm}\n  union_only: {union}")
+        for bs, d in out['part1']['per norm, other bs: differing points'].items():
+            print(f"  per norm with bs {bs}: points whose flags differ from bs {args.bs}: {d}")
+        print(f"  union_only union == per-norm union: {out['part1']['union_only union == per-norm union']}; "
+              f"naive vs eatai per-norm differing points: {out['part1']['naive vs eatai per norm: differing points']}")
+    if args.autoattack:
+        n = args.aa_n or args.n
+        x, y = x_all[:n], y_all[:n]
+        std = evaluate_robustness(model, x, y, threats, 'standard', bs=args.bs)
+        full = evaluate_robustness(model, x, y, threats, 'autoattack', bs=args.bs)
+        extra = {k: [i for i in range(n) if std.flags[k][i] and not full.flags[k][i]] for k in std.flags}
+        out['part2'] = {'n': n, 'standard': std.to_dict(), 'autoattack': full.to_dict(),
+                        'broken only by FAB-T/Square': extra}
+        print(f"part 2, n={n}: standard vs full AutoAttack")
+        for k in [*std.threats, 'union']:
+            a = std.union if k == 'union' else std.robust[k]
+            b = full.union if k == 'union' else full.robust[k]
+            secs = '' if k == 'union' else f"  ({std.seconds[k]:.0f} s vs {full.seconds[k]:.0f} s)"
+            print(f"  {k:12s} standard {a:.1%}  autoattack {b:.1%}  broken only by FAB-T/Square: {extra[k]}{secs}")
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+if __name__ == '__main__':
+    main()
