@@ -17,10 +17,12 @@ from .callbacks import (
            make_strategy,
 )
 from .callbacks import RAMP, TRADES, DecayAll, TrainingLoss
+from .curves import ModelCurves, RobustnessCurves, robustness_curves  # also patches Learner.robustness_curves
 from .data import CIFAR10_CLASSES, arrays_dls, cifar10_dls, imagenet_dls, load_sample, mixed_dls, sample_dls
 from .evaluate import EvalBudget, RobustResult, evaluate_robustness
 from .finetune import finetune_schedule, piecewise_schedule, set_adversary
 from .geometry import hull_covers, hull_radius, union_radius
+from .pictures import AdversarialExamples, adversarial_examples  # also patches Learner.show_adversarial
 from .learner import RobustLearner, paper_sgd, robust_learner
 from .models import Normalized, build_model, load_checkpoint, load_model, load_robustbench, load_weights, save_checkpoint
 from .report import print_results, results_table, results_text
@@ -32,4 +34,5 @@ __all__ = ['apgd', 'apgd_targeted', 'l1_box_projection', 'EAT', 'MAX', 'AVG', 'M
            'set_adversary', 'hull_covers', 'hull_radius', 'union_radius', 'RobustLearner', 'paper_sgd',
            'robust_learner', 'Normalized', 'build_model', 'load_checkpoint', 'load_model', 'load_robustbench', 'load_weights', 'save_checkpoint', 'print_results',
            'results_table', 'results_text', 'NORMS', 'ThreatModel', 'default_threats', 'parse_threat', 'set_seed',
-           'RAMP', 'TRADES', 'TrainingLoss', 'DecayAll', 'GradientProjection']
+           'RAMP', 'TRADES', 'TrainingLoss', 'DecayAll', 'GradientProjection',
+           'ModelCurves', 'RobustnessCurves', 'robustness_curves', 'AdversarialExamples', 'adversarial_examples']

@@ -42,6 +42,34 @@ def _eval(args) -> int:
     if args.out:
         result.to_json(args.out)
         print(f'results written to {args.out}')
+    if args.show:
+        _save_figure(learn.show_adversarial(n=8, threats=args.threat or None, seed=args.seed), args.show)
+    return 0
+
+
+def _save_figure(fig, path) -> None:
+    import matplotlib.pyplot as plt
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f'figure written to {path}')
+
+
+def _curves(args) -> int:
+    from .curves import RobustnessCurves
+    from .data import cifar10_dls, sample_dls
+    from .learner import robust_learner
+    dls = sample_dls(bs=args.bs) if args.data == 'sample' else cifar10_dls(bs=args.bs, path=args.data)
+    curves = RobustnessCurves([])
+    for model in args.model:
+        learn = robust_learner(dls, model, dataset=args.dataset)
+        curves = curves + learn.robustness_curves(n=args.n, norms=args.norm or ('linf', 'l2', 'l1'),
+                                                  n_iter=args.n_iter, bs=args.bs, seed=args.seed,
+                                                  name=Path(str(model)).stem)
+    print(curves)
+    _save_figure(curves.plot(), args.out)
+    if args.json:
+        curves.to_json(args.json)
+        print(f'curves written to {args.json}')
     return 0
 
 
@@ -86,7 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="'standard': APGD-CE + APGD-T (the paper's); 'autoattack': full AutoAttack; 'quick': opt-in")
     ev.add_argument('--seed', type=int, default=0)
     ev.add_argument('--out', help='write the result as JSON here')
+    ev.add_argument('--show', metavar='PNG', help='also save a picture of adversarial examples here')
     ev.set_defaults(run=_eval)
+
+    cu = sub.add_parser('curves', help='robust accuracy against the radius per norm (paper Fig. 1) for checkpoints')
+    cu.add_argument('--model', action='append', required=True, help='an eatai checkpoint or timm name (repeatable)')
+    cu.add_argument('--out', default='curves.png', help='the picture (PNG)')
+    cu.add_argument('--json', help='also write the curves as JSON here')
+    cu.add_argument('--data', default='sample', help="'sample' (bundled) or a CIFAR-10 folder / .npz")
+    cu.add_argument('--dataset', default='cifar10', help='whose radii are marked')
+    cu.add_argument('--norm', action='append', help="'linf', 'l2', 'l1' or 'l2:0.5' (repeatable; default all three)")
+    cu.add_argument('--n', type=int, default=500)
+    cu.add_argument('--n-iter', type=int, default=100, help='APGD-CE iterations per radius')
+    cu.add_argument('--bs', type=int, default=250)
+    cu.add_argument('--seed', type=int, default=0)
+    cu.set_defaults(run=_curves)
 
     rad = sub.add_parser('radius', help='Section 3: l_p radii inside the union and the hull of the l1 and l-inf balls')
     rad.add_argument('--eps1', default='12')

@@ -107,6 +107,15 @@ def _slug(text: str) -> str:
     return ''.join(c if c.isalnum() else '_' for c in text).strip('_').lower() or 'run'
 
 
+def _save_adversarial(learn, args, path) -> None:
+    """The last trained model's adversarial pictures (`show_adversarial`), beside the results JSON."""
+    import matplotlib.pyplot as plt
+    from . import pictures  # noqa: F401  registers Learner.show_adversarial
+    fig = learn.show_adversarial(n=8, n_iter=SMOKE.n_iter if args.smoke else 20, seed=args.seed)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def run_recipe(args, slug: str, title: str, runs, evaluate_original: bool = True, scratch_arch: str | None = None,
                dls=None) -> dict:
     """For each (name, train) in `runs`: start from the same weights, `train(learn, args)`,
@@ -143,6 +152,7 @@ def run_recipe(args, slug: str, title: str, runs, evaluate_original: bool = True
     if not is_main_process():   # in a DDP run only rank 0 writes and prints
         return results
     path = atomic_write_text(json.dumps(results, indent=1), out / f'{slug}.json')
+    _save_adversarial(learn, args, out / f'{slug}_adversarial.png')
     print_results(rows, title=title)
     print(f"training seconds: {', '.join(f'{k} {v:.0f}' for k, v in seconds.items())}; results in {path}")
     return results

@@ -1,0 +1,106 @@
+"""Adversarial pictures: what APGD does to images in each threat model, fastai's show_results way.
+
+One row per example: the clean image, its adversarial version in each threat model, then each
+perturbation amplified to the full grey range (mid-grey is zero). Titles give the prediction
+(class names when known) and whether the attack changed it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from fastai.learner import Learner
+from fastcore.basics import patch
+from torch import nn
+
+from .attacks import EVALUATION, apgd, check_batch, eval_mode, make_ball
+from .curves import _device, check_logits, first_items
+from .threats import default_threats, parse_threat
+
+__all__ = ['AdversarialExamples', 'adversarial_examples']
+
+
+@dataclass
+class AdversarialExamples:
+    """Clean inputs, their adversarial versions per threat, and the predictions on each."""
+    x: torch.Tensor                    # (N, C, H, W) in [0,1]
+    y: torch.Tensor                    # (N,)
+    pred: torch.Tensor                 # (N,) prediction on the clean inputs
+    x_adv: dict[str, torch.Tensor]     # threat -> (N, C, H, W), inside its ball and [0,1]
+    pred_adv: dict[str, torch.Tensor]  # threat -> (N,)
+    classes: list[str] | None = None
+
+    def _name(self, k: int) -> str:
+        return self.classes[k] if self.classes and k < len(self.classes) else str(k)
+
+    def plot(self, figsize=None):
+        """The figure: per example, clean | adversarial per threat | amplified perturbation per threat."""
+        import matplotlib.pyplot as plt
+        threats, n = list(self.x_adv), len(self.y)
+        cols = 1 + 2 * len(threats)
+        fig, axes = plt.subplots(n, cols, figsize=figsize or (1.6 * cols, 1.75 * n), squeeze=False)
+        show = lambda ax, img: ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap='gray', vmin=0, vmax=1)
+        for i, row in enumerate(axes):
+            ok = bool(self.pred[i] == self.y[i])
+            show(row[0], self.x[i])
+            row[0].set_title(f"{self._name(int(self.y[i]))}\npred {self._name(int(self.pred[i]))}",
+                             fontsize=7, color='black' if ok else 'red')
+            for j, t in enumerate(threats):
+                p = int(self.pred_adv[t][i])
+                fooled = ok and p != int(self.y[i])
+                verdict = 'fooled' if fooled else ('held' if ok else 'clean error')
+                show(row[1 + j], self.x_adv[t][i])
+                row[1 + j].set_title(f"{t}\n{self._name(p)} ({verdict})", fontsize=7,
+                                     color='red' if fooled else 'black')
+                delta = self.x_adv[t][i] - self.x[i]
+                scale = float(delta.abs().max())
+                # amplified so the largest change reaches black or white; zero is mid-grey
+                show(row[1 + len(threats) + j], (0.5 + delta / (2 * scale)) if scale > 0 else delta + 0.5)
+                row[1 + len(threats) + j].set_title(f"delta {t.split(':')[0]}\nx{0.5 / scale:.0f}" if scale > 0
+                                                    else f"delta {t.split(':')[0]}\nzero", fontsize=7)
+            for ax in row:
+                ax.set_xticks([]), ax.set_yticks([])
+        fig.tight_layout(pad=0.3)
+        return fig
+
+
+def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threats=None, n_iter: int = 20,
+                         seed: int = 0, classes=None, device=None) -> AdversarialExamples:
+    """APGD-CE (evaluation settings, `n_iter` steps) per threat on x: (N, C, H, W) in [0,1], y: (N,).
+    threats: default the paper's CIFAR-10 three. Every output is checked to lie in its ball."""
+    check_batch(x, y)
+    threats = [parse_threat(t) for t in (default_threats() if threats is None else threats)]
+    device = _device(model, device)
+    x, y = x.detach().to(device), y.detach().long().to(device)
+    x_adv, pred_adv = {}, {}
+    with eval_mode(model):
+        with torch.no_grad():
+            logits = model(x)
+        check_logits(logits)
+        for t in threats:
+            adv, _ = apgd(model, x, y, t.norm, t.eps, **{**EVALUATION, 'n_iter': n_iter, 'seed': seed})
+            if not bool(make_ball(t.norm, t.eps).contains(x, adv).all()):
+                raise RuntimeError(f"APGD returned points outside the {t} ball")
+            with torch.no_grad():
+                pred_adv[str(t)] = model(adv).argmax(1).cpu()
+            x_adv[str(t)] = adv.cpu()
+    return AdversarialExamples(x.cpu(), y.cpu(), logits.argmax(1).cpu(), x_adv, pred_adv,
+                               list(classes) if classes is not None else None)
+
+
+def _classes(dls):
+    vocab = getattr(dls, 'vocab', None)
+    return [str(v) for v in vocab] if vocab is not None and len(vocab) else None
+
+
+@patch
+def show_adversarial(self: Learner, n: int = 8, threats=None, dl=None, n_iter: int = 20, seed: int = 0,
+                     figsize=None):
+    """Figure of `n` validation images, their adversarial versions per threat model and the amplified
+    perturbations, titled with predictions (class names from the DataLoaders' vocab)."""
+    x, y = first_items(dl if dl is not None else self.dls.valid, n)
+    if threats is None:
+        threats = default_threats(getattr(self, 'threat_dataset', 'cifar10'))
+    examples = adversarial_examples(self.model, x, y, threats, n_iter=n_iter, seed=seed, classes=_classes(self.dls),
+                                    device=next(self.model.parameters()).device)
+    return examples.plot(figsize=figsize)
