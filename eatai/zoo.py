@@ -1,5 +1,5 @@
 """`eatai.zoo`: the model zoo (robust models by RobustBench id, downloaded without robustbench)."""
-from .models.download import ChecksumError, Source, ZooDownloadError, cache_dir
+from .models.download import ChecksumError, Source, ZooDownloadError, cache_dir, file_sha256
 from .models.zoo import (
            NO_NORM,
            ZOO,
@@ -16,4 +16,4 @@ from .models.zoo import (
 
 __all__ = ['ZOO', 'ZooEntry', 'PaperResult', 'Source', 'NO_NORM', 'zoo_entries', 'get_entry', 'register_entry',
            'zoo_download', 'load_zoo_model', 'build_zoo_model', 'is_zoo_id', 'cache_dir', 'ZooDownloadError',
-           'ChecksumError']
+           'ChecksumError', 'file_sha256']

@@ -54,7 +54,7 @@ class ZooEntry:
     used_by: tuple = ()          # ('E-AT Table 2', 'RAMP Table 2', ...)
     arch_kwargs: dict = field(default_factory=dict)
     num_classes: int = 10
-    key_prefix: str = ''         # keep only the checkpoint keys under this prefix (then stripped)
+    key_prefix: str = ''         # keep only the keys under this prefix (then stripped), after 'module.' is
     state_filter: str | None = None   # 'xcit': timm's XCiT key renames
     sha256: str | None = None    # pinned checksum when known; else recorded on first download
     verified: bool = True
@@ -67,6 +67,7 @@ class ZooEntry:
 
     @property
     def filename(self) -> str:
+        """The file name in the cache."""
         return f"{self.id}.pt"
 
     @property
@@ -76,8 +77,10 @@ class ZooEntry:
 
     @property
     def normalisation(self) -> str:
-        if (tuple(self.mean), tuple(self.std)) == NO_NORM:
-            return 'none'
+        """'none', 'cifar10', 'imagenet' or the mean/std values."""
+        known = {NO_NORM: 'none', (CIFAR10_MEAN, CIFAR10_STD): 'cifar10', (IMAGENET_MEAN, IMAGENET_STD): 'imagenet'}
+        if (tuple(self.mean), tuple(self.std)) in known:
+            return known[tuple(self.mean), tuple(self.std)]
         return f"mean {tuple(round(m, 4) for m in self.mean)}, std {tuple(round(s, 4) for s in self.std)}"
 
 
@@ -137,7 +140,7 @@ _ENTRIES = [
     ZooEntry('Engstrom2019Robustness', 'imagenet', 'l2', 'resnet50', IMAGENET_MEAN, IMAGENET_STD,
              Source('url', 'https://www.dropbox.com/s/knf4uimlqsi1yz8/imagenet_l2_3_0.pt?dl=1'),
              PaperResult(_T3, 58.7, 25.0, 40.5, 14.0, 13.5), (_T3, _T4), num_classes=1000,
-             key_prefix='module.model.', verified=False,
+             key_prefix='model.', verified=False,
              note="eps 3; not in RobustBench (ImageNet has no l2 board): the robustness library's "
                   "imagenet_l2_3_0.pt; its pickled extras may need trusted=True"),
 ]
@@ -208,6 +211,12 @@ def _filtered(entry: ZooEntry, state: dict, model: nn.Module) -> dict:
     if entry.state_filter == 'xcit':   # the official XCiT names (pos_embeder) as timm renames them
         from timm.models.xcit import checkpoint_filter_fn
         state = checkpoint_filter_fn(dict(state), model)
+    # RobustBench's DMWideResNet keeps mean/std out of its state dict (non-persistent buffers), eatai's
+    # keeps them in to check them: a checkpoint without them gets the entry's values (already in the model)
+    own = model.state_dict()
+    for name in ('mean', 'std'):
+        if name in own and name not in state and any(k.startswith('init_conv.') for k in state):
+            state = {**state, name: own[name]}
     return state
 
 
