@@ -302,3 +302,26 @@ def test_cli_zoo_list_and_get(server, cache, zoo, capsys):
     assert file_sha256(folder / 'tiny.pt') in capsys.readouterr().out
     assert main(['zoo', 'get', 'Gowal2020Uncovering_70_16_Extra']) == 2
     assert "Did you mean 'Gowal2020Uncovering_70_16_extra'" in capsys.readouterr().err
+
+
+def test_readme_zoo_section_runs(tmp_path, monkeypatch):
+    """The README's zoo lines, verbatim; the transformers they build are made one block deep and
+    16 wide (the lines and code paths are the same, the full-size models cost a minute on 2 cores)."""
+    import re
+
+    import timm
+    create = timm.create_model
+
+    def shallow(name, **kwargs):
+        if name.startswith(('vit_', 'xcit_')):
+            kwargs.update(depth=1, embed_dim=16, num_heads=2)
+        return create(name, **kwargs)
+    monkeypatch.setattr('eatai.models.checkpoint.timm.create_model', shallow)
+    readme = (Path(__file__).resolve().parents[1] / 'README.md').read_text()
+    section = readme.split('## Model zoo and vision transformers', 1)[1]
+    code = re.search(r"```python\n(.+?)\n```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, 'README.md', 'exec'), namespace)
+    assert namespace['entry'].arch == 'wrn_70_16_dm'
+    assert type(namespace['model'].model).__name__ == 'Xcit' and (tmp_path / 'xcit.safetensors').exists()
