@@ -325,3 +325,20 @@ def test_readme_zoo_section_runs(tmp_path, monkeypatch):
     exec(compile(code, 'README.md', 'exec'), namespace)
     assert namespace['entry'].arch == 'wrn_70_16_dm'
     assert type(namespace['model'].model).__name__ == 'Xcit' and (tmp_path / 'xcit.safetensors').exists()
+
+
+def test_deepmind_layout_without_mean_std_buffers_loads_and_wrong_ones_are_refused():
+    # RobustBench's DMWideResNet keeps mean/std out of its state dict; eatai's keeps them to check them
+    from eatai.models.loading import load_weights
+    from eatai.models.wide_resnet import DMWideResNet
+    from eatai.models.zoo import _filtered
+    from eatai.models import Normalized
+    entry = ZOO['cifar10/linf/Gowal2020Uncovering_70_16_extra']
+    torch.manual_seed(0)
+    published = {k: v for k, v in DMWideResNet(depth=10, width=1).state_dict().items() if k not in ('mean', 'std')}
+    model = Normalized(DMWideResNet(depth=10, width=1), entry.mean, entry.std)
+    load_weights(model, _filtered(entry, published, model.model))   # strict
+    assert torch.equal(model.model.init_conv.weight, published['init_conv.weight'])
+    wrong = {**published, 'mean': torch.zeros(3, 1, 1), 'std': torch.ones(3, 1, 1)}
+    with pytest.raises(RuntimeError, match='mean is'):
+        load_weights(model, _filtered(entry, wrong, model.model))
