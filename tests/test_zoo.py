@@ -197,6 +197,17 @@ def test_truncated_download_is_not_kept(server, cache, zoo):
     assert cache_files(cache) == []
 
 
+def test_truncated_file_served_as_complete_is_not_kept(server, cache, zoo):
+    folder, base = server   # the server itself has a cut file (a broken mirror): HTTP cannot tell
+    tiny_checkpoint(folder)
+    data = (folder / 'tiny.pt').read_bytes()
+    (folder / 'cut.pt').write_bytes(data[:len(data) * 2 // 3])
+    register_entry(tiny_entry(f'{base}/cut.pt'))
+    with pytest.raises(ValueError, match='damaged or truncated archive'):
+        zoo_download('Tiny2024Test', progress=False)
+    assert cache_files(cache) == []
+
+
 def test_checksum_mismatch_with_the_pinned_one(server, cache, zoo):
     folder, base = server
     tiny_checkpoint(folder)
