@@ -19,8 +19,9 @@ from .data import CIFAR10_CLASSES, arrays_dls, cifar10_dls, imagenet_dls, load_s
 from .evaluate import EvalBudget, RobustResult, evaluate_robustness
 from .finetune import finetune_schedule, piecewise_schedule, set_adversary
 from .geometry import hull_covers, hull_radius, union_radius
-from .learner import RobustLearner, paper_sgd, robust_learner
+from .learner import RobustLearner, paper_sgd, robust_learner, transformer_adamw
 from .models import Normalized, build_model, load_checkpoint, load_model, load_robustbench, load_weights, save_checkpoint
+from .models.zoo import get_entry, load_zoo_model, zoo_download, zoo_entries
 from .report import print_results, results_table, results_text
 from .threats import NORMS, ThreatModel, default_threats, parse_threat
 
@@ -29,4 +30,5 @@ __all__ = ['apgd', 'apgd_targeted', 'l1_box_projection', 'EAT', 'MAX', 'AVG', 'M
            'EvalBudget', 'RobustResult', 'evaluate_robustness', 'finetune_schedule', 'piecewise_schedule',
            'set_adversary', 'hull_covers', 'hull_radius', 'union_radius', 'RobustLearner', 'paper_sgd',
            'robust_learner', 'Normalized', 'build_model', 'load_checkpoint', 'load_model', 'load_robustbench', 'load_weights', 'save_checkpoint', 'print_results',
-           'results_table', 'results_text', 'NORMS', 'ThreatModel', 'default_threats', 'parse_threat', 'set_seed']
+           'results_table', 'results_text', 'NORMS', 'ThreatModel', 'default_threats', 'parse_threat', 'set_seed',
+           'transformer_adamw', 'get_entry', 'load_zoo_model', 'zoo_download', 'zoo_entries']
