@@ -28,6 +28,10 @@ PUBLISHED = {
     'wrn_28_10_dm': (36.5e6, 'WRN-28-10, DeepMind layout'),
     'wrn_34_20_dm': (184.5e6, 'WRN-34-20, DeepMind layout'),
     'wrn_70_16_dm': (267e6, 'WRN-70-16, DeepMind layout'),
+    # ViTs for 32x32: ViT-S is 22.05M at 224 with 1000 classes (DeiT-S); 4x4 patches on 32x32 and 10
+    # classes remove 327k position/patch and 380k head parameters (tests/test_vit.py checks the exact count)
+    'vit_small_patch4_32': (22.05e6, 'ViT-S / DeiT-S (Touvron et al. 2021), 224x224, 1000 classes'),
+    'xcit_small_12_p4_32': (26e6, 'XCiT-S12 (El-Nouby et al. 2021; Debenedetti et al. 2022), 1000 classes'),
 }
 
 

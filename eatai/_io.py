@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ['atomic_torch_save', 'atomic_write_text']
+__all__ = ['atomic_torch_save', 'atomic_write_text', 'atomic_write_bytes']
 
 
 def _atomic(path, write) -> Path:
@@ -37,3 +37,8 @@ def atomic_torch_save(obj, path) -> Path:
 def atomic_write_text(text: str, path) -> Path:
     """Write `text` (utf-8) to `path` atomically."""
     return _atomic(path, lambda f: f.write(text.encode('utf-8')))
+
+
+def atomic_write_bytes(data: bytes, path) -> Path:
+    """Write `data` to `path` atomically."""
+    return _atomic(path, lambda f: f.write(data))

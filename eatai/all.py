@@ -23,8 +23,9 @@ from .evaluate import EvalBudget, RobustResult, evaluate_robustness
 from .finetune import finetune_schedule, piecewise_schedule, set_adversary
 from .geometry import hull_covers, hull_radius, union_radius
 from .pictures import AdversarialExamples, adversarial_examples  # also patches Learner.show_adversarial
-from .learner import RobustLearner, paper_sgd, robust_learner
+from .learner import RobustLearner, paper_sgd, robust_learner, transformer_adamw
 from .models import Normalized, build_model, load_checkpoint, load_model, load_robustbench, load_weights, save_checkpoint
+from .models.zoo import get_entry, load_zoo_model, zoo_download, zoo_entries
 from .report import print_results, results_table, results_text
 from .threats import NORMS, ThreatModel, default_threats, parse_threat
 
@@ -35,4 +36,5 @@ __all__ = ['apgd', 'apgd_targeted', 'l1_box_projection', 'EAT', 'MAX', 'AVG', 'M
            'robust_learner', 'Normalized', 'build_model', 'load_checkpoint', 'load_model', 'load_robustbench', 'load_weights', 'save_checkpoint', 'print_results',
            'results_table', 'results_text', 'NORMS', 'ThreatModel', 'default_threats', 'parse_threat', 'set_seed',
            'RAMP', 'TRADES', 'TrainingLoss', 'DecayAll', 'GradientProjection',
-           'ModelCurves', 'RobustnessCurves', 'robustness_curves', 'AdversarialExamples', 'adversarial_examples']
+           'ModelCurves', 'RobustnessCurves', 'robustness_curves', 'AdversarialExamples', 'adversarial_examples',
+           'transformer_adamw', 'get_entry', 'load_zoo_model', 'zoo_download', 'zoo_entries']

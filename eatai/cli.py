@@ -87,6 +87,54 @@ def _radius(args) -> int:
     return 0
 
 
+def _zoo_list(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .zoo import zoo_entries
+    table = Table(title='eatai model zoo (paper: clean / l-inf / l2 / l1 / union %, 1000 points)')
+    for column in ('id', 'dataset', 'threat', 'architecture', 'normalisation', 'source', 'paper', 'used by',
+                   'verified', 'cached'):
+        table.add_column(column, overflow='fold')
+    for e in zoo_entries(args.dataset, args.threat):
+        paper = '' if e.paper is None else ' / '.join(
+            '-' if v is None else f'{v:.1f}' for v in (e.paper.clean, e.paper.linf, e.paper.l2, e.paper.l1, e.paper.union))
+        table.add_row(e.id, e.dataset, e.threat, e.arch + ''.join(f' {k}={v}' for k, v in e.arch_kwargs.items()),
+                      e.normalisation, f'{e.source.kind}: {e.source.location}', paper, ', '.join(e.used_by),
+                      'yes' if e.verified else 'no', 'yes' if e.path.exists() else '')
+    Console(width=args.width).print(table)
+    return 0
+
+
+def _zoo_get(args) -> int:
+    from .zoo import ZooDownloadError, file_sha256, get_entry, zoo_download
+    entry = get_entry(args.id, args.dataset, args.threat)
+    try:
+        path = zoo_download(entry.key, progress=not args.quiet, force=args.force)
+    except ZooDownloadError as e:
+        print(f"eatai zoo get: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{entry.key}: {path} (sha256 {file_sha256(path)})")
+    return 0
+
+
+def _add_zoo(sub) -> None:
+    zoo = sub.add_parser('zoo', help='the model zoo: robust models by RobustBench id (no robustbench needed)')
+    zoo_sub = zoo.add_subparsers(dest='zoo_command', required=True)
+    ls = zoo_sub.add_parser('list', help='print the zoo as a table')
+    ls.add_argument('--dataset', choices=['cifar10', 'imagenet'])
+    ls.add_argument('--threat', choices=['linf', 'l2', 'l1'])
+    ls.add_argument('--width', type=int, default=None, help='table width in characters (default: the terminal)')
+    ls.set_defaults(run=_zoo_list)
+    get = zoo_sub.add_parser('get', help='download a zoo checkpoint into the cache ($EATAI_HOME or the torch hub folder)')
+    get.add_argument('id', help="a zoo id, e.g. Gowal2020Uncovering_70_16_extra, or 'dataset/threat/id'")
+    get.add_argument('--dataset', choices=['cifar10', 'imagenet'])
+    get.add_argument('--threat', choices=['linf', 'l2', 'l1'])
+    get.add_argument('--force', action='store_true', help='download again even if cached')
+    get.add_argument('--quiet', action='store_true', help='no progress bar')
+    get.set_defaults(run=_zoo_get)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='eatai', description='Multi-norm adversarial robustness (E-AT, Croce & Hein 2022).')
     parser.add_argument('--version', action='version', version=f"eatai {__import__('eatai').__version__}")
@@ -104,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
 
     ev = sub.add_parser('eval', help='clean, l-inf, l2, l1 and union robust accuracy of a checkpoint')
-    ev.add_argument('--model', required=True, help='an eatai checkpoint (.pt) or a timm model name')
+    ev.add_argument('--model', required=True, help='an eatai checkpoint (.pt/.safetensors), a timm model name or a zoo id')
     ev.add_argument('--data', default='sample', help="'sample' (bundled) or a CIFAR-10 folder / .npz")
     ev.add_argument('--dataset', default='cifar10', help='whose default radii to use')
     ev.add_argument('--threat', action='append', help="threat model such as 'linf:8/255' (repeatable)")
@@ -137,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     rad.add_argument('--p', default='2')
     rad.add_argument('--eps-p', help='an l_p radius to check against the hull (the paper\'s decision rule)')
     rad.set_defaults(run=_radius)
+    _add_zoo(sub)
     return parser
 
 

@@ -1,6 +1,7 @@
 """`robust_learner`: a fastai Learner over a model that takes [0,1] inputs and normalises inside."""
 from __future__ import annotations
 
+import inspect
 from functools import partial
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import torch
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
-from fastai.optimizer import SGD
+from fastai.optimizer import SGD, Adam
 from fastai.torch_core import get_model
 from fastcore.basics import patch
 from torch import nn
@@ -21,15 +22,32 @@ from .callbacks import AdversarialTraining
 from .data import check_dls
 from .evaluate import EvalBudget, RobustResult, check_n, evaluate_robustness
 from .models import Normalized, load_model, load_weights
+from .models.zoo import is_zoo_id
 from .threats import default_threats
 
-__all__ = ['RobustLearner', 'robust_learner', 'paper_sgd']
+__all__ = ['RobustLearner', 'robust_learner', 'paper_sgd', 'transformer_adamw', 'default_opt_func']
 
 
 def paper_sgd(mom: float = 0.9, wd: float = 5e-4):
     """The paper's optimiser (App. A): SGD, momentum 0.9, weight decay 5e-4 added to the
     gradient as in torch.optim.SGD (not fastai's default decoupled decay)."""
     return partial(SGD, mom=mom, wd=wd, decouple_wd=False)
+
+
+def transformer_adamw(wd: float = 0.05, betas=(0.9, 0.999)):
+    """AdamW (decoupled weight decay 0.05) for vision transformers, as DeiT, XCiT and Debenedetti
+    et al.'s robust XCiTs are trained; the paper's SGD recipe was tuned for ResNets."""
+    return partial(Adam, mom=betas[0], sqr_mom=betas[1], wd=wd, decouple_wd=True)
+
+
+def _is_transformer(model: nn.Module) -> bool:
+    """A ViT-family model: timm's transformers embed patches (`patch_embed`) and have no BatchNorm head."""
+    return any(hasattr(m, 'patch_embed') and hasattr(m, 'blocks') for m in model.modules())
+
+
+def default_opt_func(model: nn.Module):
+    """The optimiser `robust_learner` picks: `transformer_adamw()` for ViT-family models, else `paper_sgd()`."""
+    return transformer_adamw() if _is_transformer(model) else paper_sgd()
 
 
 class RobustLearner(Learner):
@@ -71,13 +89,19 @@ class RobustLearner(Learner):
         return self
 
 
-def _as_model(arch, n_classes: int, mean, std, weights) -> nn.Module:
+_LEARNER_KWARGS = set(inspect.signature(Learner.__init__).parameters) - {'self', 'dls', 'model'}
+
+
+def _as_model(arch, n_classes: int, mean, std, weights, model_kwargs: dict) -> nn.Module:
     if isinstance(arch, nn.Module):
+        if model_kwargs:
+            raise TypeError(f"robust_learner got {sorted(model_kwargs)}, which are neither Learner arguments nor "
+                            "used for a model given as an nn.Module")
         if weights is not None:
             load_weights(arch, weights)
         return arch if mean is None and std is None else Normalized(arch, mean, std)
     if isinstance(arch, (str, Path)):
-        return load_model(arch, weights=weights, num_classes=n_classes, mean=mean, std=std)
+        return load_model(arch, weights=weights, num_classes=n_classes, mean=mean, std=std, **model_kwargs)
     raise TypeError(f"arch must be an nn.Module, a timm model name, a RobustBench id or a checkpoint path, "
                     f"got {type(arch).__name__}")
 
@@ -95,14 +119,21 @@ def robust_learner(dls, arch, mean=None, std=None, weights=None, dataset: str = 
     dataset: whose radii the training and evaluation defaults use ('cifar10', 'imagenet').
     DataLoaders that normalise or yield data outside [0,1] are refused, and a model that returns
     probabilities or is random in eval mode is warned about (`check_data=False` skips both).
+    kwargs: fastai Learner arguments (`cbs`, `path`, ...); any other keyword goes to the model's
+    factory, e.g. timm's `img_size=32, patch_size=4`, or a zoo id's `threat_model`.
+    opt_func: default `paper_sgd()`, or `transformer_adamw()` for ViT-family models.
     """
     if check_data:
         check_dls(dls)
     default_threats(dataset)  # validates the name
     n_classes = getattr(dls, 'c', None)
-    model = _as_model(arch, n_classes, mean, std, weights)
+    model_kwargs = {k: v for k, v in kwargs.items() if k not in _LEARNER_KWARGS}
+    learner_kwargs = {k: v for k, v in kwargs.items() if k in _LEARNER_KWARGS}
+    if isinstance(arch, str) and is_zoo_id(arch):   # RobustBench reuses ids across datasets
+        model_kwargs.setdefault('dataset', dataset)
+    model = _as_model(arch, n_classes, mean, std, weights, model_kwargs)
     learn = RobustLearner(dls, model, loss_func=loss_func or CrossEntropyLossFlat(),
-                          opt_func=opt_func or paper_sgd(), metrics=metrics, **kwargs)
+                          opt_func=opt_func or default_opt_func(model), metrics=metrics, **learner_kwargs)
     if check_data:   # probabilities instead of logits, randomness in eval mode: warnings
         xb = dls.valid.one_batch()[0][:32].as_subclass(torch.Tensor)
         check_model_outputs(model.to(xb.device), xb)

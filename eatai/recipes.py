@@ -100,6 +100,9 @@ def recipe_model(args, n_classes: int = 10, scratch_arch: str | None = None):
             return build_model(scratch_arch, n_classes)
         from .demo import DEMO_CHECKPOINT
         return load_model(DEMO_CHECKPOINT)
+    from .models.zoo import is_zoo_id
+    if is_zoo_id(args.model):   # eatai's zoo: no robustbench; the dataset picks among ids RobustBench reuses
+        return load_model(args.model, weights=args.weights, mean=args.mean, std=args.std, dataset=args.dataset)
     return load_model(args.model, weights=args.weights, num_classes=n_classes, mean=args.mean, std=args.std)
 
 

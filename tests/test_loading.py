@@ -183,7 +183,7 @@ def test_broken_robustbench_names_the_reason(tmp_path, monkeypatch, no_robustben
     fake_package(tmp_path, "raise ModuleNotFoundError(\"No module named 'pkg_resources'\", name='pkg_resources')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ImportError) as info:
-        load_model('Carmon2019Unlabeled')
+        load_model('Sehwag2020Hydra')   # not in eatai's zoo: only robustbench knows it
     msg = str(info.value)
     assert "robustbench could not be imported (ModuleNotFoundError: No module named 'pkg_resources')" in msg
     assert "load_model('<architecture>', weights='path.pt')" in msg
@@ -204,10 +204,11 @@ def test_working_robustbench_model_is_returned_as_it_is(tmp_path, monkeypatch, n
                  "    if kwargs['model_name'] == 'Nobody2020Unknown':\n        raise KeyError('Nobody2020Unknown')\n"
                  "    return torch.nn.Identity().eval()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    model = load_model('Gowal2020Uncovering_70_16_extra', threat_model='linf', model_dir=tmp_path / 'zoo')
+    # an id outside eatai's zoo goes to robustbench (zoo ids never do: tests/test_zoo.py)
+    model = load_model('Rebuffi2021Fixing_70_16_cutmix_extra', threat_model='linf', model_dir=tmp_path / 'zoo')
     assert type(model) is nn.Identity                          # no Normalized: it takes [0,1] itself
     from robustbench.utils import CALLS
-    assert CALLS == [dict(model_name='Gowal2020Uncovering_70_16_extra', model_dir=str(tmp_path / 'zoo'),
+    assert CALLS == [dict(model_name='Rebuffi2021Fixing_70_16_cutmix_extra', model_dir=str(tmp_path / 'zoo'),
                           dataset='cifar10', threat_model='Linf')]
     with pytest.raises(RuntimeError, match=r"could not load 'Nobody2020Unknown' for cifar10/Linf \(KeyError.*by hand"):
         load_robustbench('Nobody2020Unknown')
@@ -245,6 +246,8 @@ def test_missing_checkpoint_path(tmp_path):
 
 def test_robustbench_ids_refuse_weights_and_normalisation():
     with pytest.raises(ValueError, match='RobustBench id'):
+        load_model('Rebuffi2021Fixing_70_16_cutmix_extra', weights='w.pt')
+    with pytest.raises(ValueError, match='zoo id'):
         load_model('Gowal2020Uncovering_70_16_extra', weights='w.pt')
 
 

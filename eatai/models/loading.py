@@ -12,7 +12,7 @@ import timm
 import torch
 from torch import nn
 
-from .checkpoint import build_model, is_eatai_checkpoint, load_checkpoint
+from .checkpoint import build_model, is_eatai_checkpoint, is_safetensors_file, load_checkpoint
 from .normalize import Normalized
 
 __all__ = ['load_state_dict_file', 'load_weights', 'load_robustbench', 'load_model']
@@ -85,6 +85,9 @@ def load_state_dict_file(path, trusted: bool = False) -> dict:
         raise FileNotFoundError(f"no weights file at {path}")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; pass the .pt/.pth file inside it")
+    if is_safetensors_file(path):   # tensors only, no pickle: nothing to trust
+        from safetensors.torch import load_file
+        return _strip_prefixes(_unwrap(load_file(str(path)), str(path)))
     return _strip_prefixes(_unwrap(_load_file(path, trusted), str(path)))
 
 
@@ -198,6 +201,8 @@ def _from_file(path: Path, weights, mean, std) -> nn.Module:
     if weights is not None or mean is not None or std is not None:
         raise ValueError("an eatai checkpoint carries its own weights and normalisation: pass weights, mean and "
                          "std only with an architecture name")
+    if is_safetensors_file(path):
+        return load_checkpoint(path)
     try:   # mmap: telling the format apart reads no tensor data
         state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     except Exception:   # pickled objects, the legacy format, not a torch file: not ours either way
@@ -210,11 +215,13 @@ def _from_file(path: Path, weights, mean, std) -> nn.Module:
 
 def load_model(arch, weights=None, num_classes: int = 10, mean=None, std=None, trusted: bool = False,
                **kwargs) -> nn.Module:
-    """A model that takes [0,1] inputs, from `arch`: an existing checkpoint file (eatai's format);
-    else a timm name (built with `build_model`, `kwargs` to timm; `weights`, a file or state dict,
-    loaded into the inner model); else a RobustBench id (`kwargs`: dataset, threat_model, model_dir)."""
+    """A model that takes [0,1] inputs, from `arch`: an existing checkpoint file (eatai's format, .pt
+    or .safetensors); else a timm name (built with `build_model`, `kwargs` to timm; `weights`, a file
+    or state dict, loaded into the inner model); else an id of eatai's model zoo (`kwargs`: dataset,
+    threat_model, progress; downloaded once into the cache, no robustbench needed); else another
+    RobustBench id, through the robustbench package (`kwargs`: dataset, threat_model, model_dir)."""
     path = Path(str(arch)).expanduser()
-    if isinstance(arch, Path) or path.is_file() or path.suffix in ('.pt', '.pth'):
+    if isinstance(arch, Path) or path.is_file() or path.suffix in ('.pt', '.pth', '.safetensors'):
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint file at {path}")
         return _from_file(path, weights, mean, std)
@@ -226,6 +233,12 @@ def load_model(arch, weights=None, num_classes: int = 10, mean=None, std=None, t
         if weights is not None:
             load_weights(model, weights, trusted=trusted)
         return model
+    from .zoo import is_zoo_id, load_zoo_model   # the zoo builds on this module
+    if is_zoo_id(arch):
+        if weights is not None or mean is not None or std is not None:
+            raise ValueError(f"{arch!r} is a zoo id: its model comes with its weights and normalisation; pass "
+                             "weights/mean/std only with an architecture name")
+        return load_zoo_model(arch, trusted=trusted, **kwargs)
     if _ROBUSTBENCH_ID.match(arch):
         if weights is not None or mean is not None or std is not None:
             raise ValueError(f"{arch!r} is a RobustBench id: its model comes with its weights and normalises "

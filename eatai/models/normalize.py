@@ -17,7 +17,9 @@ class Normalized(nn.Module):
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
-        mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+        # on the CPU even under torch.device('meta'), so that the checks below can read the values
+        mean = torch.as_tensor(mean, dtype=torch.float32, device='cpu')
+        std = torch.as_tensor(std, dtype=torch.float32, device='cpu')
         if mean.shape != std.shape or mean.dim() != 1:
             raise ValueError(f"mean and std must be 1-d of equal length (one value per channel), got {tuple(mean.shape)} and {tuple(std.shape)}")
         if not bool(torch.all(std > 0)):
