@@ -1,4 +1,4 @@
-"""The `eatai` command: `eatai demo`, `eatai eval`, `eatai radius`."""
+"""The `eatai` command: `eatai demo`, `eatai eval`, `eatai curves`, `eatai radius`."""
 from __future__ import annotations
 
 import argparse
