@@ -1,6 +1,7 @@
 """`from eatai.all import *`: the public API for notebooks and scripts."""
 from fastai.torch_core import set_seed
 
+from . import distributed  # noqa: F401  registers Learner.robust_distrib_ctx (README: scale and resilience)
 from .attacks import apgd, apgd_targeted, l1_box_projection
 from .callbacks import (
            AVG,
@@ -10,17 +11,20 @@ from .callbacks import (
            SAT,
            AdversarialTraining,
            AttackSettings,
+           Checkpointing,
            SingleNorm,
            Strategy,
            Switch,
            make_strategy,
 )
 from .data import CIFAR10_CLASSES, arrays_dls, cifar10_dls, imagenet_dls, load_sample, mixed_dls, sample_dls
+from .demo import DEMO_CHECKPOINT
 from .evaluate import EvalBudget, RobustResult, evaluate_robustness
 from .finetune import finetune_schedule, piecewise_schedule, set_adversary
 from .geometry import hull_covers, hull_radius, union_radius
 from .learner import RobustLearner, paper_sgd, robust_learner
 from .models import Normalized, build_model, load_checkpoint, load_model, load_robustbench, load_weights, save_checkpoint
+from .plots import plot_training_stats
 from .report import print_results, results_table, results_text
 from .threats import NORMS, ThreatModel, default_threats, parse_threat
 
@@ -29,4 +33,5 @@ __all__ = ['apgd', 'apgd_targeted', 'l1_box_projection', 'EAT', 'MAX', 'AVG', 'M
            'EvalBudget', 'RobustResult', 'evaluate_robustness', 'finetune_schedule', 'piecewise_schedule',
            'set_adversary', 'hull_covers', 'hull_radius', 'union_radius', 'RobustLearner', 'paper_sgd',
            'robust_learner', 'Normalized', 'build_model', 'load_checkpoint', 'load_model', 'load_robustbench', 'load_weights', 'save_checkpoint', 'print_results',
-           'results_table', 'results_text', 'NORMS', 'ThreatModel', 'default_threats', 'parse_threat', 'set_seed']
+           'results_table', 'results_text', 'NORMS', 'ThreatModel', 'default_threats', 'parse_threat', 'set_seed',
+           'Checkpointing', 'plot_training_stats', 'DEMO_CHECKPOINT']
