@@ -19,7 +19,7 @@ from .callbacks import (
 )
 from .data import CIFAR10_CLASSES, arrays_dls, cifar10_dls, imagenet_dls, load_sample, mixed_dls, sample_dls
 from .demo import DEMO_CHECKPOINT
-from .evaluate import EvalBudget, RobustResult, evaluate_robustness
+from .evaluate import APGDSettings, EvalBudget, RobustResult, evaluate_robustness
 from .finetune import finetune_schedule, piecewise_schedule, set_adversary
 from .geometry import hull_covers, hull_radius, union_radius
 from .learner import RobustLearner, paper_sgd, robust_learner
@@ -34,4 +34,4 @@ __all__ = ['apgd', 'apgd_targeted', 'l1_box_projection', 'EAT', 'MAX', 'AVG', 'M
            'set_adversary', 'hull_covers', 'hull_radius', 'union_radius', 'RobustLearner', 'paper_sgd',
            'robust_learner', 'Normalized', 'build_model', 'load_checkpoint', 'load_model', 'load_robustbench', 'load_weights', 'save_checkpoint', 'print_results',
            'results_table', 'results_text', 'NORMS', 'ThreatModel', 'default_threats', 'parse_threat', 'set_seed',
-           'Checkpointing', 'plot_training_stats', 'DEMO_CHECKPOINT']
+           'Checkpointing', 'plot_training_stats', 'DEMO_CHECKPOINT', 'APGDSettings']
