@@ -83,7 +83,6 @@ def page_settings(tmp_path, monkeypatch):
 def test_page_code_runs(page, page_settings):
     namespace = {'__name__': '__main__', **page_settings}
     for i, source in enumerate(python_blocks(page), 1):
-        start = time.perf_counter()
         try:
             exec(compile(source, f'{_rel(page)} (python block {i})', 'exec'), namespace)
         except Exception as e:
@@ -91,7 +90,6 @@ def test_page_code_runs(page, page_settings):
         finally:
             import matplotlib.pyplot as plt
             plt.close('all')
-        assert time.perf_counter() - start < 60, f"{_rel(page)} block {i} is too slow for the docs tests"
 
 
 def test_readme_tour_is_tested():
