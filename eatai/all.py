@@ -1,6 +1,7 @@
 """`from eatai.all import *`: the public API for notebooks and scripts."""
 from fastai.torch_core import set_seed
 
+from . import distributed  # noqa: F401  registers Learner.robust_distrib_ctx (README: scale and resilience)
 from .attacks import apgd, apgd_targeted, l1_box_projection
 from .callbacks import (
            AVG,
@@ -10,6 +11,7 @@ from .callbacks import (
            SAT,
            AdversarialTraining,
            AttackSettings,
+           Checkpointing,
            GradientProjection,
            SingleNorm,
            Strategy,
@@ -19,13 +21,15 @@ from .callbacks import (
 from .callbacks import RAMP, TRADES, DecayAll, TrainingLoss
 from .curves import ModelCurves, RobustnessCurves, robustness_curves  # also patches Learner.robustness_curves
 from .data import CIFAR10_CLASSES, arrays_dls, cifar10_dls, imagenet_dls, load_sample, mixed_dls, sample_dls
-from .evaluate import EvalBudget, RobustResult, evaluate_robustness
+from .demo import DEMO_CHECKPOINT
+from .evaluate import APGDSettings, EvalBudget, RobustResult, evaluate_robustness
 from .finetune import finetune_schedule, piecewise_schedule, set_adversary
 from .geometry import hull_covers, hull_radius, union_radius
-from .pictures import AdversarialExamples, adversarial_examples  # also patches Learner.show_adversarial
 from .learner import RobustLearner, paper_sgd, robust_learner, transformer_adamw
 from .models import Normalized, build_model, load_checkpoint, load_model, load_robustbench, load_weights, save_checkpoint
 from .models.zoo import get_entry, load_zoo_model, zoo_download, zoo_entries
+from .pictures import AdversarialExamples, adversarial_examples  # also patches Learner.show_adversarial
+from .plots import plot_training_stats
 from .report import print_results, results_table, results_text
 from .threats import NORMS, ThreatModel, default_threats, parse_threat
 
@@ -37,4 +41,5 @@ __all__ = ['apgd', 'apgd_targeted', 'l1_box_projection', 'EAT', 'MAX', 'AVG', 'M
            'results_table', 'results_text', 'NORMS', 'ThreatModel', 'default_threats', 'parse_threat', 'set_seed',
            'RAMP', 'TRADES', 'TrainingLoss', 'DecayAll', 'GradientProjection',
            'ModelCurves', 'RobustnessCurves', 'robustness_curves', 'AdversarialExamples', 'adversarial_examples',
-           'transformer_adamw', 'get_entry', 'load_zoo_model', 'zoo_download', 'zoo_entries']
+           'transformer_adamw', 'get_entry', 'load_zoo_model', 'zoo_download', 'zoo_entries',
+           'Checkpointing', 'plot_training_stats', 'DEMO_CHECKPOINT', 'APGDSettings']
