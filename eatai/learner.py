@@ -1,10 +1,12 @@
 """`robust_learner`: a fastai Learner over a model that takes [0,1] inputs and normalises inside."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 import torch
+from fastai.callback.progress import ProgressCallback
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
@@ -17,7 +19,7 @@ from . import finetune  # noqa: F401  registers fit_adversarial, eat_finetune, t
 from ._dist import is_main_process
 from ._io import atomic_torch_save
 from .attacks import check_model_outputs
-from .callbacks import AdversarialTraining
+from .callbacks import AdaptiveProgress, AdversarialTraining
 from .data import check_dls
 from .evaluate import RobustResult, evaluate_robustness
 from .models import Normalized, load_model, load_weights
@@ -70,6 +72,27 @@ class RobustLearner(Learner):
             adversary.load_state_dict(state['eatai'])
         return self
 
+    @contextmanager
+    def no_bar(self):
+        """fastai's `no_bar` that puts back the learner's own progress callback (fastai's puts back a new
+        `ProgressCallback`, which would write carriage returns into log files again)."""
+        progress = getattr(self, 'progress', None)
+        if progress is not None:
+            self.remove_cb(progress)
+        try:
+            yield self
+        finally:
+            if progress is not None:
+                self.add_cb(progress)
+
+
+def _use_adaptive_progress(learn: Learner) -> None:
+    """Swap fastai's ProgressCallback for `AdaptiveProgress`: bars in a terminal, lines in a log file."""
+    progress = getattr(learn, 'progress', None)
+    if progress is not None and type(progress) is ProgressCallback:
+        learn.remove_cb(progress)
+        learn.add_cb(AdaptiveProgress())
+
 
 def _as_model(arch, n_classes: int, mean, std, weights) -> nn.Module:
     if isinstance(arch, nn.Module):
@@ -107,6 +130,7 @@ def robust_learner(dls, arch, mean=None, std=None, weights=None, dataset: str = 
         xb = dls.valid.one_batch()[0][:32].as_subclass(torch.Tensor)
         check_model_outputs(model.to(xb.device), xb)
     learn.threat_dataset = dataset
+    _use_adaptive_progress(learn)
     return learn
 
 

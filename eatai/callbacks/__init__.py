@@ -1,6 +1,7 @@
 """fastai callbacks for adversarial training (this layer may import fastai; attacks may not)."""
 from .adversarial import AdversarialTraining, AttackSettings, EpochStat
 from .baselines import AVG, MAX, MSD, MultiNorm
+from .progress import AdaptiveProgress
 from .registry import STRATEGIES, make_strategy
 from .resume import Checkpointing
 from .strategies import EAT, SAT, AdversarialBatch, RandomNorm, RunningMean, SingleNorm, Strategy
@@ -8,4 +9,4 @@ from .switch import Switch
 
 __all__ = ['AdversarialTraining', 'AttackSettings', 'EpochStat', 'Strategy', 'SingleNorm', 'RandomNorm', 'EAT', 'SAT',
            'MultiNorm', 'MAX', 'AVG', 'MSD', 'Switch', 'STRATEGIES', 'AdversarialBatch', 'RunningMean', 'make_strategy',
-           'Checkpointing']
+           'Checkpointing', 'AdaptiveProgress']
