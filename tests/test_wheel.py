@@ -22,7 +22,7 @@ pytest.importorskip('build')
 pytest.importorskip('twine')
 
 
-def run(cmd, cwd, env=None, timeout=300):
+def run(cmd, cwd, env=None, timeout=600):
     proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return proc
@@ -56,20 +56,22 @@ def test_wheel_holds_the_package_data_and_nothing_else(dist):
 def test_wheel_installed_in_a_fresh_venv_runs_radius_and_a_smoke_finetune(dist, tmp_path):
     venv, cwd = tmp_path / 'venv', tmp_path / 'elsewhere'
     cwd.mkdir()
-    run([sys.executable, '-m', 'venv', '--without-pip', venv], cwd=cwd)
+    # without PYTHONPATH (which points at the source tree while testing) pip and eatai see only the venv
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTHONHOME', 'VIRTUAL_ENV')}
+    run([sys.executable, '-m', 'venv', '--without-pip', venv], cwd=cwd, env=env)
     python = venv / 'bin' / 'python'
     run([sys.executable, '-m', 'pip', '--python', python, 'install', '--no-deps', '--no-index', '--quiet',
-         next(dist.glob('*.whl'))], cwd=cwd)
-    site = Path(run([python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'], cwd=cwd).stdout.strip())
+         next(dist.glob('*.whl'))], cwd=cwd, env=env)
+    site = Path(run([python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'], cwd=cwd,
+                    env=env).stdout.strip())
     ours = {sysconfig.get_paths()['purelib'], sysconfig.get_paths()['platlib']}
     (site / '_eatai_test_dependencies.pth').write_text('\n'.join(sorted(ours)) + '\n')
-    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTHONHOME')}
 
     where = run([python, '-c', 'import eatai; print(eatai.__file__)'], cwd=cwd, env=env).stdout.strip()
     assert Path(where).is_relative_to(venv), where              # the wheel's copy, not the source tree
     radius = run([venv / 'bin' / 'eatai', 'radius', '--eps-p', '0.5'], cwd=cwd, env=env).stdout
     assert '0.2182' in radius and '0.6138' in radius
-    demo = run([venv / 'bin' / 'eatai', 'demo', '--epochs', '1', '--n', '8', '--n-train', '64', '--out', 'demo.json'],
+    demo = run([venv / 'bin' / 'eatai', 'demo', '--epochs', '1', '--n', '4', '--n-train', '32', '--out', 'demo.json'],
                cwd=cwd, env=env).stdout
     assert 'E-AT fine-tuning' in demo and 'union' in demo and (cwd / 'demo.json').exists()
     assert '\r' not in demo   # stdout is a pipe here: no progress-bar updates
