@@ -42,15 +42,13 @@ class LineBar(ProgressBar):
 
 
 class LineMasterBar(ConsoleMasterBar):
-    """fastprogress's console master bar without its child bars: only `write` prints (the epoch table's rows)."""
+    """fastprogress's console master bar that draws no bar: only `write` prints (the epoch table's rows);
+    `AdaptiveProgress` gives it silent children."""
 
     def __init__(self, gen, total=None, **kwargs):
         # ConsoleMasterBar.__init__ would build a ConsoleProgressBar, which writes a carriage return at once
         MasterBar.__init__(self, gen, ProgressBar, total)
         self.total_time = False
-
-    def add_child(self, child):
-        pass   # ConsoleMasterBar turns its children's display on; these stay silent
 
 
 def progress_bar(gen, **kwargs):
