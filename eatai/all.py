@@ -23,10 +23,12 @@ from .learner import RobustLearner, paper_sgd, robust_learner
 from .models import Normalized, build_model, load_checkpoint, load_model, load_robustbench, load_weights, save_checkpoint
 from .report import print_results, results_table, results_text
 from .threats import NORMS, ThreatModel, default_threats, parse_threat
+from .callbacks import AdaptiveProgress
 
 __all__ = ['apgd', 'apgd_targeted', 'l1_box_projection', 'EAT', 'MAX', 'AVG', 'MSD', 'SAT', 'Switch', 'AdversarialTraining', 'AttackSettings', 'SingleNorm',
            'Strategy', 'make_strategy', 'CIFAR10_CLASSES', 'arrays_dls', 'cifar10_dls', 'imagenet_dls', 'mixed_dls', 'load_sample', 'sample_dls',
            'EvalBudget', 'RobustResult', 'evaluate_robustness', 'finetune_schedule', 'piecewise_schedule',
            'set_adversary', 'hull_covers', 'hull_radius', 'union_radius', 'RobustLearner', 'paper_sgd',
            'robust_learner', 'Normalized', 'build_model', 'load_checkpoint', 'load_model', 'load_robustbench', 'load_weights', 'save_checkpoint', 'print_results',
-           'results_table', 'results_text', 'NORMS', 'ThreatModel', 'default_threats', 'parse_threat', 'set_seed']
+           'results_table', 'results_text', 'NORMS', 'ThreatModel', 'default_threats', 'parse_threat', 'set_seed',
+           'AdaptiveProgress']

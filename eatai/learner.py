@@ -118,6 +118,8 @@ def robust_learner(dls, arch, mean=None, std=None, weights=None, dataset: str = 
     dataset: whose radii the training and evaluation defaults use ('cifar10', 'imagenet').
     DataLoaders that normalise or yield data outside [0,1] are refused, and a model that returns
     probabilities or is random in eval mode is warned about (`check_data=False` skips both).
+    Progress is shown by `AdaptiveProgress`: fastai's bars in a terminal or notebook, one line per
+    epoch when standard output is a file or a pipe.
     """
     if check_data:
         check_dls(dls)
