@@ -18,7 +18,7 @@ from .callbacks import (
            Switch,
            make_strategy,
 )
-from .callbacks import RAMP, TRADES, DecayAll, TrainingLoss
+from .callbacks import RAMP, TRADES, AdaptiveProgress, DecayAll, TrainingLoss
 from .curves import ModelCurves, RobustnessCurves, robustness_curves  # also patches Learner.robustness_curves
 from .data import CIFAR10_CLASSES, arrays_dls, cifar10_dls, imagenet_dls, load_sample, mixed_dls, sample_dls
 from .demo import DEMO_CHECKPOINT
@@ -42,4 +42,5 @@ __all__ = ['apgd', 'apgd_targeted', 'l1_box_projection', 'EAT', 'MAX', 'AVG', 'M
            'RAMP', 'TRADES', 'TrainingLoss', 'DecayAll', 'GradientProjection',
            'ModelCurves', 'RobustnessCurves', 'robustness_curves', 'AdversarialExamples', 'adversarial_examples',
            'transformer_adamw', 'get_entry', 'load_zoo_model', 'zoo_download', 'zoo_entries',
-           'Checkpointing', 'plot_training_stats', 'DEMO_CHECKPOINT', 'APGDSettings']
+           'Checkpointing', 'plot_training_stats', 'DEMO_CHECKPOINT', 'APGDSettings',
+           'AdaptiveProgress']

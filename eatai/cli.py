@@ -5,7 +5,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from ._args import (ArgumentParser, data_source, lp_exponent, positive_float, positive_int, radius, random_seed,
+                    threat_model)
 from .budget import BUDGETS
+from .threats import DEFAULT_EPS
 
 __all__ = ['main', 'build_parser']
 
@@ -77,12 +80,15 @@ def _radius(args) -> int:
     from .geometry import hull_covers, hull_radius, union_radius
     from .threats import parse_eps
     eps1, eps_inf, p = parse_eps(args.eps1), parse_eps(args.eps_inf), parse_eps(args.p)
+    # everything is computed before anything is printed: an error never follows half an answer
+    inside_union, inside_hull = union_radius(eps1, eps_inf, args.d, p), hull_radius(eps1, eps_inf, args.d, p)
+    eps_p = parse_eps(args.eps_p) if args.eps_p is not None else None
+    covers = hull_covers(eps_p, eps1, eps_inf, args.d, p) if eps_p is not None else None
     print(f"d={args.d}, eps1={eps1:g}, eps_inf={eps_inf:.6g}, p={p:g}")
-    print(f"largest l_p ball inside the union       (Prop. 3.1): {union_radius(eps1, eps_inf, args.d, p):.4f}")
-    print(f"largest l_p ball inside the convex hull (Thm. 3.1): {hull_radius(eps1, eps_inf, args.d, p):.4f}")
-    if args.eps_p is not None:
-        eps_p = parse_eps(args.eps_p)
-        verdict = 'covers' if hull_covers(eps_p, eps1, eps_inf, args.d, p) else 'does NOT cover'
+    print(f"largest l_p ball inside the union       (Prop. 3.1): {inside_union:.4f}")
+    print(f"largest l_p ball inside the convex hull (Thm. 3.1): {inside_hull:.4f}")
+    if eps_p is not None:
+        verdict = 'covers' if covers else 'does NOT cover'
         print(f"l1 + l-inf training {verdict} an l_{p:g} radius of {eps_p:g}")
     return 0
 
@@ -124,7 +130,7 @@ def _add_zoo(sub) -> None:
     ls = zoo_sub.add_parser('list', help='print the zoo as a table')
     ls.add_argument('--dataset', choices=['cifar10', 'imagenet'])
     ls.add_argument('--threat', choices=['linf', 'l2', 'l1'])
-    ls.add_argument('--width', type=int, default=None, help='table width in characters (default: the terminal)')
+    ls.add_argument('--width', type=positive_int, default=None, help='table width in characters (default: the terminal)')
     ls.set_defaults(run=_zoo_list)
     get = zoo_sub.add_parser('get', help='download a zoo checkpoint into the cache ($EATAI_HOME or the torch hub folder)')
     get.add_argument('id', help="a zoo id, e.g. Gowal2020Uncovering_70_16_extra, or 'dataset/threat/id'")
@@ -136,31 +142,32 @@ def _add_zoo(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='eatai', description='Multi-norm adversarial robustness (E-AT, Croce & Hein 2022).')
+    parser = ArgumentParser(prog='eatai', description='Multi-norm adversarial robustness (E-AT, Croce & Hein 2022).')
     parser.add_argument('--version', action='version', version=f"eatai {__import__('eatai').__version__}")
     sub = parser.add_subparsers(dest='command', required=True)
 
     demo = sub.add_parser('demo', help='fine-tune the bundled l-inf model with E-AT on the bundled sample (CPU, minutes)')
-    demo.add_argument('--epochs', type=int, default=3)
-    demo.add_argument('--lr', type=float, default=0.05)
-    demo.add_argument('--n', type=int, default=300, help='test images to evaluate on (the sample has 500)')
-    demo.add_argument('--n-train', type=int, default=None, help='fine-tune on this many sample images (default: all 2000)')
+    demo.add_argument('--epochs', type=positive_int, default=3)
+    demo.add_argument('--lr', type=positive_float, default=0.05)
+    demo.add_argument('--n', type=positive_int, default=300, help='test images to evaluate on (the sample has 500)')
+    demo.add_argument('--n-train', type=positive_int, default=None, help='fine-tune on this many sample images (default: all 2000)')
     demo.add_argument('--budget', default='quick', choices=['quick', 'standard'], help='attack budget of the evaluation')
-    demo.add_argument('--seed', type=int, default=0)
+    demo.add_argument('--seed', type=random_seed, default=0)
     demo.add_argument('--out', help='write the results as JSON here')
     demo.add_argument('--quiet', action='store_true', help='no progress bars')
     demo.set_defaults(run=_demo)
 
     ev = sub.add_parser('eval', help='clean, l-inf, l2, l1 and union robust accuracy of a checkpoint')
     ev.add_argument('--model', required=True, help='an eatai checkpoint (.pt/.safetensors), a timm model name or a zoo id')
-    ev.add_argument('--data', default='sample', help="'sample' (bundled) or a CIFAR-10 folder / .npz")
-    ev.add_argument('--dataset', default='cifar10', help='whose default radii to use')
-    ev.add_argument('--threat', action='append', help="threat model such as 'linf:8/255' (repeatable)")
-    ev.add_argument('--n', type=int, default=None, help='test points (default: 1000, or all of a smaller test set)')
-    ev.add_argument('--bs', type=int, default=250)
+    ev.add_argument('--data', type=data_source, default='sample', help="'sample' (bundled) or a CIFAR-10 folder / .npz")
+    ev.add_argument('--dataset', default='cifar10', choices=list(DEFAULT_EPS), help='whose default radii to use')
+    ev.add_argument('--threat', action='append', type=threat_model, help="threat model such as 'linf:8/255' (repeatable)")
+    ev.add_argument('--n', type=positive_int, default=None,
+                    help='test points (default: 1000, or all of a smaller test set)')
+    ev.add_argument('--bs', type=positive_int, default=250)
     ev.add_argument('--budget', default='standard', choices=BUDGETS,
                     help="'standard': APGD-CE + APGD-T (the paper's); 'autoattack': full AutoAttack; 'quick': opt-in")
-    ev.add_argument('--seed', type=int, default=0)
+    ev.add_argument('--seed', type=random_seed, default=0)
     ev.add_argument('--out', help='write the result as JSON here')
     ev.add_argument('--show', metavar='PNG', help='also save a picture of adversarial examples here')
     ev.set_defaults(run=_eval)
@@ -169,21 +176,22 @@ def build_parser() -> argparse.ArgumentParser:
     cu.add_argument('--model', action='append', required=True, help='an eatai checkpoint or timm name (repeatable)')
     cu.add_argument('--out', default='curves.png', help='the picture (PNG)')
     cu.add_argument('--json', help='also write the curves as JSON here')
-    cu.add_argument('--data', default='sample', help="'sample' (bundled) or a CIFAR-10 folder / .npz")
-    cu.add_argument('--dataset', default='cifar10', help='whose radii are marked')
-    cu.add_argument('--norm', action='append', help="'linf', 'l2', 'l1' or 'l2:0.5' (repeatable; default all three)")
-    cu.add_argument('--n', type=int, default=500)
-    cu.add_argument('--n-iter', type=int, default=100, help='APGD-CE iterations per radius')
-    cu.add_argument('--bs', type=int, default=250)
-    cu.add_argument('--seed', type=int, default=0)
+    cu.add_argument('--data', type=data_source, default='sample', help="'sample' (bundled) or a CIFAR-10 folder / .npz")
+    cu.add_argument('--dataset', default='cifar10', choices=list(DEFAULT_EPS), help='whose radii are marked')
+    cu.add_argument('--norm', action='append', type=threat_model,
+                    help="'linf', 'l2', 'l1' or 'l2:0.5' (repeatable; default all three)")
+    cu.add_argument('--n', type=positive_int, default=500)
+    cu.add_argument('--n-iter', type=positive_int, default=100, help='APGD-CE iterations per radius')
+    cu.add_argument('--bs', type=positive_int, default=250)
+    cu.add_argument('--seed', type=random_seed, default=0)
     cu.set_defaults(run=_curves)
 
     rad = sub.add_parser('radius', help='Section 3: l_p radii inside the union and the hull of the l1 and l-inf balls')
-    rad.add_argument('--eps1', default='12')
-    rad.add_argument('--eps-inf', default='8/255')
-    rad.add_argument('--d', type=int, default=3072, help='input dimension (CIFAR-10: 3072)')
-    rad.add_argument('--p', default='2')
-    rad.add_argument('--eps-p', help='an l_p radius to check against the hull (the paper\'s decision rule)')
+    rad.add_argument('--eps1', type=radius, default='12')
+    rad.add_argument('--eps-inf', type=radius, default='8/255')
+    rad.add_argument('--d', type=positive_int, default=3072, help='input dimension (CIFAR-10: 3072)')
+    rad.add_argument('--p', type=lp_exponent, default='2')
+    rad.add_argument('--eps-p', type=radius, help='an l_p radius to check against the hull (the paper\'s decision rule)')
     rad.set_defaults(run=_radius)
     _add_zoo(sub)
     return parser

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 import torch
+from fastai.callback.progress import ProgressCallback
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
@@ -18,7 +20,7 @@ from . import finetune  # noqa: F401  registers fit_adversarial, eat_finetune, t
 from ._dist import is_main_process
 from ._io import atomic_torch_save
 from .attacks import check_model_outputs
-from .callbacks import AdversarialTraining
+from .callbacks import AdaptiveProgress, AdversarialTraining
 from .data import check_dls
 from .evaluate import EvalBudget, RobustResult, check_n, evaluate_robustness
 from .models import Normalized, load_model, load_weights
@@ -88,6 +90,27 @@ class RobustLearner(Learner):
             adversary.load_state_dict(state['eatai'])
         return self
 
+    @contextmanager
+    def no_bar(self):
+        """fastai's `no_bar` that puts back the learner's own progress callback (fastai's puts back a new
+        `ProgressCallback`, which would write carriage returns into log files again)."""
+        progress = getattr(self, 'progress', None)
+        if progress is not None:
+            self.remove_cb(progress)
+        try:
+            yield self
+        finally:
+            if progress is not None:
+                self.add_cb(progress)
+
+
+def _use_adaptive_progress(learn: Learner) -> None:
+    """Swap fastai's ProgressCallback for `AdaptiveProgress`: bars in a terminal, lines in a log file."""
+    progress = getattr(learn, 'progress', None)
+    if progress is not None and type(progress) is ProgressCallback:
+        learn.remove_cb(progress)
+        learn.add_cb(AdaptiveProgress())
+
 
 _LEARNER_KWARGS = set(inspect.signature(Learner.__init__).parameters) - {'self', 'dls', 'model'}
 
@@ -122,6 +145,8 @@ def robust_learner(dls, arch, mean=None, std=None, weights=None, dataset: str = 
     kwargs: fastai Learner arguments (`cbs`, `path`, ...); any other keyword goes to the model's
     factory, e.g. timm's `img_size=32, patch_size=4`, or a zoo id's `threat_model`.
     opt_func: default `paper_sgd()`, or `transformer_adamw()` for ViT-family models.
+    Progress is shown by `AdaptiveProgress`: fastai's bars in a terminal or notebook, one line per
+    epoch when standard output is a file or a pipe.
     """
     if check_data:
         check_dls(dls)
@@ -138,6 +163,7 @@ def robust_learner(dls, arch, mean=None, std=None, weights=None, dataset: str = 
         xb = dls.valid.one_batch()[0][:32].as_subclass(torch.Tensor)
         check_model_outputs(model.to(xb.device), xb)
     learn.threat_dataset = dataset
+    _use_adaptive_progress(learn)
     return learn
 
 

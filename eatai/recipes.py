@@ -2,8 +2,9 @@
 
 Each recipe is a short argument parser and one call to `run_recipe`, which evaluates the
 model, trains it as the recipe says, evaluates again, saves the checkpoint and the results
-JSON, and prints the paper-style table. `--smoke` runs the whole script on the bundled sample
-in a minute or two (tests run every recipe that way).
+JSON, and prints the paper-style table. Every recipe takes `--smoke` (the whole script on the bundled
+sample in under a minute; tests run every recipe that way), `--out-dir` and `--seed` (`common_args`),
+and its numbers are checked when the arguments are parsed (`eatai._args`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from pathlib import Path
 from fastai.torch_core import set_seed
 
 from . import distributed  # noqa: F401  registers Learner.robust_distrib_ctx
+from ._args import (ArgumentParser, existing_dir, existing_file, non_negative_int, positive_float, positive_int,
+                    random_seed, training_scheme)
 from ._dist import is_main_process
 from ._io import atomic_torch_save, atomic_write_text
 from .budget import BUDGETS
@@ -24,8 +27,11 @@ from .callbacks import Checkpointing
 from .data import arrays_dls, cifar10_dls, load_sample
 from .learner import robust_learner
 from .report import print_results
+from .threats import DEFAULT_EPS
 
-__all__ = ['recipe_parser', 'recipe_dls', 'recipe_model', 'run_recipe', 'SMOKE']
+__all__ = ['common_args', 'base_parser', 'recipe_parser', 'recipe_dls', 'recipe_model', 'run_recipe', 'SMOKE',
+           # argparse types for the recipes' own flags (from eatai._args)
+           'positive_int', 'positive_float', 'non_negative_int', 'existing_dir', 'existing_file', 'training_scheme']
 
 
 @dataclass(frozen=True)
@@ -41,32 +47,44 @@ class _Smoke:
 SMOKE = _Smoke()
 
 
+def common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the flags every script in recipes/ takes, with one meaning: --smoke, --out-dir, --seed."""
+    parser.add_argument('--smoke', action='store_true',
+                        help='run end to end on the bundled sample (and checkpoint) with a tiny budget, in under a minute')
+    parser.add_argument('--out-dir', default='runs', help='folder for the checkpoint(s) and the results JSON (created)')
+    parser.add_argument('--seed', type=random_seed, default=0, help='random seed of data order, initialisation and attacks')
+    return parser
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """A recipe's parser with only the common flags; its errors are one line, exit status 2."""
+    return common_args(ArgumentParser(description=description))
+
+
 def recipe_parser(description: str, epochs: int = 3, lr: float = 0.05, bs: int = 128,
                   dataset: str = 'cifar10') -> argparse.ArgumentParser:
-    """The arguments every recipe takes; recipes add their own."""
-    p = argparse.ArgumentParser(description=description)
+    """The arguments every before/after recipe takes; recipes add their own."""
+    p = base_parser(description)
     p.add_argument('--model', help='RobustBench id, checkpoint path (.pt/.pth) or architecture name '
                                    '(default with --smoke: the bundled l-inf CNN)')
-    p.add_argument('--weights', help='weights for an architecture name given as --model')
+    p.add_argument('--weights', type=existing_file, help='weights for an architecture name given as --model')
     p.add_argument('--mean', type=float, nargs=3, help="the checkpoint's input normalisation (default: the "
                    "architecture's, CIFAR-10's for eatai's; many checkpoints use none: --mean 0 0 0 --std 1 1 1)")
-    p.add_argument('--std', type=float, nargs=3)
-    p.add_argument('--data', help='dataset folder (CIFAR-10: npz files or train/test image folders; '
-                                  'default: download with fastai, or the bundled sample with --smoke)')
-    p.add_argument('--extra', help="Carmon et al.'s extra data (pickle or npz): batches become half standard, half extra")
-    p.add_argument('--epochs', type=int, default=epochs)
-    p.add_argument('--lr', type=float, default=lr)
-    p.add_argument('--bs', type=int, default=bs)
-    p.add_argument('--n-iter', type=int, default=10, help='APGD steps of the training attacks')
-    p.add_argument('--n-eval', type=int, default=1000, help='test points for the robust evaluation')
+    p.add_argument('--std', type=positive_float, nargs=3)
+    p.add_argument('--data', type=existing_dir, help='dataset folder (CIFAR-10: npz files or train/test image folders; '
+                                                     'default: download with fastai, or the bundled sample with --smoke)')
+    p.add_argument('--extra', type=existing_file,
+                   help="Carmon et al.'s extra data (pickle or npz): batches become half standard, half extra")
+    p.add_argument('--epochs', type=positive_int, default=epochs)
+    p.add_argument('--lr', type=positive_float, default=lr)
+    p.add_argument('--bs', type=positive_int, default=bs)
+    p.add_argument('--n-iter', type=positive_int, default=10, help='APGD steps of the training attacks')
+    p.add_argument('--n-eval', type=positive_int, default=1000, help='test points for the robust evaluation')
     p.add_argument('--budget', default='standard', choices=BUDGETS,
                    help="'standard': APGD-CE + APGD-T (the paper's); 'autoattack': full AutoAttack; 'quick': opt-in")
-    p.add_argument('--dataset', default=dataset, help="whose radii: 'cifar10' or 'imagenet'")
-    p.add_argument('--out-dir', default='runs', help='where the checkpoint and results JSON go')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--checkpoint-every', type=int, default=0, metavar='N',
-                   help='save a resume checkpoint every N batches under --out-dir; run again to resume')
-    p.add_argument('--smoke', action='store_true', help='run end to end on the bundled sample in a minute or two')
+    p.add_argument('--dataset', default=dataset, choices=list(DEFAULT_EPS), help="whose radii")
+    p.add_argument('--checkpoint-every', type=non_negative_int, default=0, metavar='N',
+                   help='save a resume checkpoint every N batches under --out-dir; run again to resume (0: never)')
     return p
 
 

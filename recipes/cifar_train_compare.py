@@ -7,14 +7,14 @@ AVG, MAX, MSD and SAT. 'l2>eat@45' is the paper's "l2-init then l-inf + l1".
     python recipes/cifar_train_compare.py --data <cifar10> [--schemes linf l2 l1 eat max avg msd sat l2>eat@45]
     python recipes/cifar_train_compare.py --smoke
 """
-from eatai.recipes import recipe_parser, run_recipe
+from eatai.recipes import recipe_parser, run_recipe, training_scheme
 
 SCHEMES = ['linf', 'l2', 'l1', 'avg', 'max', 'msd', 'sat', 'eat', 'l2>eat@45']
 
 
 def main(argv=None):
     parser = recipe_parser(__doc__.splitlines()[0], epochs=80)
-    parser.add_argument('--schemes', nargs='+', default=SCHEMES)
+    parser.add_argument('--schemes', type=training_scheme, nargs='+', default=SCHEMES)
     parser.add_argument('--arch', default='preact_resnet18_softplus', help='architecture trained from scratch')
     parser.add_argument('--method', choices=['apgd', 'pgd'], help="attack for every scheme (default: the paper's)")
     args = parser.parse_args(argv)

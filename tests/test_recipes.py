@@ -1,5 +1,9 @@
-"""Every recipe runs end to end in --smoke mode and leaves its checkpoint and results JSON."""
+"""Every recipe takes --smoke, --out-dir, --seed and --help with one meaning, runs end to end with
+--smoke and leaves its checkpoint and results JSON."""
+import argparse
+import contextlib
 import importlib.util
+import io
 import json
 from pathlib import Path
 
@@ -7,8 +11,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted(p for p in (REPO / 'recipes').glob('*.py')
-                 if p.stem not in ('quickstart', 'train_demo_checkpoint'))   # those two have their own tests
+ALL_RECIPES = sorted((REPO / 'recipes').glob('*.py'))
+RECIPES = [p for p in ALL_RECIPES if p.stem not in ('quickstart', 'train_demo_checkpoint')]   # before/after ones
 SHARED_DATA = REPO.parent / 'shared' / 'data'
 
 
@@ -19,11 +23,31 @@ def load(path):
     return module
 
 
+def flat(text: str) -> str:
+    return ' '.join(text.split())
+
+
+@pytest.mark.parametrize('path', ALL_RECIPES, ids=lambda p: p.stem)
+def test_recipe_help_names_the_common_flags_with_one_meaning(path):
+    from eatai.recipes import common_args
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+        load(path).main(['--help'])
+    assert exit_.value.code == 0
+    text = flat(out.getvalue())
+    common = [a for a in common_args(argparse.ArgumentParser())._actions if a.dest != 'help']
+    assert [a.option_strings[0] for a in common] == ['--smoke', '--out-dir', '--seed']
+    for action in common:   # the flag with the very help text of eatai.recipes.common_args
+        assert f'{action.option_strings[0]} ' in text and flat(action.help) in text, action.option_strings
+    assert '-h, --help' in text
+
+
 @pytest.mark.parametrize('path', RECIPES, ids=lambda p: p.stem)
 def test_recipe_smoke(path, tmp_path, capsys):
     load(path).main(['--smoke', '--out-dir', str(tmp_path)])
     printed = capsys.readouterr().out
     assert 'union' in printed and 'quick budget' in printed
+    assert '\r' not in printed and 'epoch' in printed   # not a terminal: fastai's table rows, no bar updates
     results = json.loads((tmp_path / f'{path.stem}.json').read_text())
     assert results['recipe'] == path.stem and results['args']['smoke']
     runs = [name for name in results['results'] if name != 'original']
@@ -39,13 +63,21 @@ def test_recipes_need_a_model_outside_smoke(tmp_path):
         load(REPO / 'recipes' / 'cifar_multinorm_finetune.py').main(['--data', str(SHARED_DATA), '--out-dir', str(tmp_path)])
 
 
+def test_train_demo_checkpoint_smoke(tmp_path, capsys):
+    load(REPO / 'recipes' / 'train_demo_checkpoint.py').main(['--smoke', '--out-dir', str(tmp_path), '--width', '4'])
+    from eatai.models import load_checkpoint
+    model = load_checkpoint(tmp_path / 'cifar_cnn_linf.pt')
+    assert model.meta['epochs'] == 1 and model.meta['n_train'] == 128 and model.meta['scheme'] == 'linf'
+    assert '--smoke' in model.meta['command']
+    assert '\r' not in capsys.readouterr().out
+
+
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason='needs ../shared/data')
 def test_train_demo_checkpoint_recipe(tmp_path):
-    out = tmp_path / 'ckpt.pt'
     load(REPO / 'recipes' / 'train_demo_checkpoint.py').main(['--n-train', '64', '--epochs', '1', '--width', '4',
-                                                              '--out', str(out)])
+                                                              '--out-dir', str(tmp_path)])
     from eatai.models import load_checkpoint
-    model = load_checkpoint(out)
+    model = load_checkpoint(tmp_path / 'cifar_cnn_linf.pt')
     assert model.meta['epochs'] == 1 and model.meta['n_train'] == 64 and model.meta['scheme'] == 'linf'
 
 

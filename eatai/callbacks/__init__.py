@@ -5,6 +5,7 @@ from .decay import DecayAll
 from .gradient_projection import GradientProjection
 from .losses import TRADES, TrainingLoss, trades_loss
 from .ramp import RAMP, ramp_loss
+from .progress import AdaptiveProgress
 from .registry import STRATEGIES, make_strategy
 from .resume import Checkpointing
 from .strategies import EAT, SAT, AdversarialBatch, RandomNorm, RunningMean, SingleNorm, Strategy
@@ -12,4 +13,5 @@ from .switch import Switch
 
 __all__ = ['AdversarialTraining', 'AttackSettings', 'EpochStat', 'Strategy', 'SingleNorm', 'RandomNorm', 'EAT', 'SAT',
            'MultiNorm', 'MAX', 'AVG', 'MSD', 'Switch', 'STRATEGIES', 'AdversarialBatch', 'RunningMean', 'make_strategy',
-           'Checkpointing', 'RAMP', 'ramp_loss', 'TRADES', 'TrainingLoss', 'trades_loss', 'DecayAll', 'GradientProjection']
+           'Checkpointing', 'RAMP', 'ramp_loss', 'TRADES', 'TrainingLoss', 'trades_loss', 'DecayAll', 'GradientProjection',
+           'Checkpointing', 'AdaptiveProgress']
