@@ -33,7 +33,7 @@ def _eval(args) -> int:
     from .report import print_results
     dls = sample_dls(bs=args.bs) if args.data == 'sample' else cifar10_dls(bs=args.bs, path=args.data)
     learn = robust_learner(dls, args.model, dataset=args.dataset)
-    result = learn.robust_eval(n=args.n, threats=args.threat or None, budget=args.budget, seed=args.seed,
+    result = learn.robust_eval(n=args.n, threats=args.threat or None, budget=args.budget, seed=args.seed, bs=args.bs,
                                name=Path(str(args.model)).name)
     print_results([(result.model, result)])
     if args.out:
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument('--dataset', default='cifar10', help='whose default radii to use')
     ev.add_argument('--threat', action='append', help="threat model such as 'linf:8/255' (repeatable)")
     ev.add_argument('--n', type=int, default=1000)
-    ev.add_argument('--bs', type=int, default=250)
+    ev.add_argument('--bs', type=int, default=250, help='images per attacked batch (lower it if memory runs out)')
     ev.add_argument('--budget', default='standard', choices=['quick', 'standard'])
     ev.add_argument('--seed', type=int, default=0)
     ev.add_argument('--out', help='write the result as JSON here')
