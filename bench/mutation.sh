@@ -37,6 +37,8 @@ print(f"mutating {', '.join(spec['only_mutate'])} with {', '.join(tests)}")
 PY
 cd "$work"
 unset PYTHONPATH   # mutmut puts ./mutants first on sys.path; the worktree must not shadow it
+# one intra-op thread per worker: the tests use tiny tensors, and two workers already fill two cores
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 start=$(date +%s)
 mutmut run --max-children "${MUTMUT_CHILDREN:-2}" "$@" > mutmut-run.log 2>&1 || { tail -30 mutmut-run.log; exit 1; }
 end=$(date +%s)
