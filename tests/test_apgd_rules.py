@@ -35,6 +35,28 @@ def test_checkpoints_follow_autoattack():
     assert steps[-1].item() == 0.5 ** 8
 
 
+def _halvings(steps):
+    return [t + 1 for t in range(len(steps)) if (steps[t] < 1 if t == 0 else steps[t] < steps[t - 1])]
+
+
+@pytest.mark.parametrize('n_iter, expected', [
+    (4, [1, 2, 3]),                                    # 0.22 N < 1: a checkpoint after every step
+    (10, [2, 3, 4, 5, 6, 7, 8, 9]),                    # the training budget: 2, then every step
+    (20, [4, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]),   # 4, then 3, 2, then 1 (0.03 N, 0.06 N < 1)
+])
+def test_checkpoints_of_short_runs(n_iter, expected):
+    steps, _ = drive(OscillationSchedule(n_iter), torch.zeros(n_iter, 1))
+    assert _halvings(steps) == expected
+
+
+def test_oscillation_counts_only_the_steps_since_the_last_checkpoint():
+    """N = 20: checkpoints after 4 and 7 steps. Steps 5..7 rise twice in 3 (<= 0.75 * 3): halved; the
+    rise from step 3 to 4 belongs to the first period and must not count again."""
+    trace = torch.tensor([0., 1., 2., 3., 4., 5., 4.5, 6.])[:, None]
+    steps, _ = drive(OscillationSchedule(20), trace)
+    assert steps[:, 0].tolist() == [1., 1., 1., 1., 1., 1., 0.5]
+
+
 def test_oscillation_threshold_is_inclusive():
     """N = 20: period 4, rho * period = 3. A loss that rose in exactly 3 of 4 steps is halved (AutoAttack's
     `<=`), one that rose in all 4 is not, one that rose in 2 is."""
