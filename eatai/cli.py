@@ -39,7 +39,7 @@ def _eval(args) -> int:
     dls = sample_dls(bs=args.bs) if args.data == 'sample' else cifar10_dls(bs=args.bs, path=args.data)
     learn = robust_learner(dls, args.model, dataset=args.dataset)
     n = args.n if args.n is not None else min(1000, len(dls.valid_ds))
-    result = learn.robust_eval(n=n, threats=args.threat or None, budget=args.budget, seed=args.seed,
+    result = learn.robust_eval(n=n, threats=args.threat or None, budget=args.budget, seed=args.seed, bs=args.bs,
                                name=Path(str(args.model)).name)
     print_results([(result.model, result)])
     if args.out:
@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument('--threat', action='append', type=threat_model, help="threat model such as 'linf:8/255' (repeatable)")
     ev.add_argument('--n', type=positive_int, default=None,
                     help='test points (default: 1000, or all of a smaller test set)')
-    ev.add_argument('--bs', type=positive_int, default=250)
+    ev.add_argument('--bs', type=positive_int, default=250,
+                    help='images per attacked batch (lower it if memory runs out)')
     ev.add_argument('--budget', default='standard', choices=BUDGETS,
                     help="'standard': APGD-CE + APGD-T (the paper's); 'autoattack': full AutoAttack; 'quick': opt-in")
     ev.add_argument('--seed', type=random_seed, default=0)

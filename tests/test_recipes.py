@@ -10,6 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from eatai.data import load_sample
+from eatai.demo import DEMO_CHECKPOINT
+from eatai.evaluate import evaluate_robustness
+from eatai.models import load_checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 ALL_RECIPES = sorted((REPO / 'recipes').glob('*.py'))
 RECIPES = [p for p in ALL_RECIPES if p.stem not in ('quickstart', 'train_demo_checkpoint')]   # before/after ones
@@ -52,10 +57,26 @@ def test_recipe_smoke(path, tmp_path, capsys):
     assert results['recipe'] == path.stem and results['args']['smoke']
     runs = [name for name in results['results'] if name != 'original']
     assert runs and len(list(tmp_path.glob(f'{path.stem}_*.pt'))) == len(runs)
-    for r in results['results'].values():
-        assert r['n'] == 24 and 0 <= r['union'] <= min(r['robust'].values()) <= r['clean'] <= 1
-    saved = torch.load(next(tmp_path.glob(f'{path.stem}_*.pt')), weights_only=False)
-    assert saved['recipe'] == path.stem and saved['state_dict']
+    assert all(r['n'] == 24 for r in results['results'].values())
+    saved = {name: torch.load(p, weights_only=False) for p in sorted(tmp_path.glob(f'{path.stem}_*.pt'))
+             for name in [p.stem]}
+    first = next(iter(saved.values()))
+    assert first['recipe'] == path.stem and first['history']
+    # what was trained: every run moved the weights, each its own way
+    states = [s['state_dict'] for s in saved.values()]
+    if 'original' in results['results']:   # fine-tuning recipes start from the bundled checkpoint
+        states.append(load_checkpoint(DEMO_CHECKPOINT).state_dict())
+    for i, a in enumerate(states):
+        for b in states[i + 1:]:
+            assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+    if 'original' in results['results']:   # and the reported numbers are those of the saved model
+        run = first['run']
+        model = load_checkpoint(DEMO_CHECKPOINT)
+        model.load_state_dict(first['state_dict'])
+        reported = results['results'][run]
+        _, _, x, y = load_sample()
+        again = evaluate_robustness(model, x[:24], y[:24], threats=reported['threats'], budget='quick', seed=0)
+        assert again.flags == reported['flags']
 
 
 def test_recipes_need_a_model_outside_smoke(tmp_path):
