@@ -211,7 +211,7 @@ class RobustnessCurves:
             ax.text(eps, 98, f' eps={eps:.4g}', color='grey', va='top', fontsize=8)
             ax.set(xlabel=f'{norm} radius', ylabel='robust accuracy (%)', ylim=(0, 100), title=norm)
             ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=8, loc='upper right')
+        axes[0][0].legend(fontsize=8, loc='lower left')   # the eps label sits top right
         fig.suptitle(f"robust accuracy against the radius ({self.models[0].attack}, n={self.models[0].n})",
                      fontsize=9)
         fig.tight_layout()

@@ -38,12 +38,12 @@ class AdversarialExamples:
         import matplotlib.pyplot as plt
         threats, n = list(self.x_adv), len(self.y)
         cols = 1 + 2 * len(threats)
-        fig, axes = plt.subplots(n, cols, figsize=figsize or (1.6 * cols, 1.75 * n), squeeze=False)
+        fig, axes = plt.subplots(n, cols, figsize=figsize or (1.6 * cols, 2.0 * n), squeeze=False)
         show = lambda ax, img: ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap='gray', vmin=0, vmax=1)
         for i, row in enumerate(axes):
             ok = bool(self.pred[i] == self.y[i])
             show(row[0], self.x[i])
-            row[0].set_title(f"{self._name(int(self.y[i]))}\npred {self._name(int(self.pred[i]))}",
+            row[0].set_title(f"true {self._name(int(self.y[i]))}\npred {self._name(int(self.pred[i]))}",
                              fontsize=7, color='black' if ok else 'red')
             for j, t in enumerate(threats):
                 p = int(self.pred_adv[t][i])
@@ -60,7 +60,7 @@ class AdversarialExamples:
                                                     else f"delta {t.split(':')[0]}\nzero", fontsize=7)
             for ax in row:
                 ax.set_xticks([]), ax.set_yticks([])
-        fig.tight_layout(pad=0.3)
+        fig.tight_layout(pad=0.3, h_pad=0.8)
         return fig
 
 
