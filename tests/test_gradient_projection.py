@@ -2,8 +2,6 @@
 computation, BatchNorm statistics, beta = 0, resumption after an interruption or kill -9,
 save/load, and bad beta."""
 import math
-import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +14,6 @@ from eatai.all import GradientProjection, arrays_dls, piecewise_schedule, robust
 from eatai.callbacks import Checkpointing
 from eatai.callbacks.gradient_projection import project_update
 
-README = Path(__file__).resolve().parents[1] / 'README.md'
 LR = 0.05
 
 
@@ -185,21 +182,12 @@ def test_save_load_round_trip_continues_the_same_run(tmp_path):
     assert not torch.equal(out[0]['1.weight'], params(second.load(tmp_path / 'gp.pth'))['1.weight'])
 
 
-# --- bad input and the README -------------------------------------------------------------------
+# --- bad input -------------------------------------------------------------------
 
 @pytest.mark.parametrize('beta', [1.5, -0.1, float('nan'), '0.5', None, True])
 def test_bad_beta_fails_before_training(beta):
     with pytest.raises(ValueError, match=r'beta must be a number in \[0, 1\]'):
         GradientProjection(beta)
-
-
-def test_readme_line_runs():
-    line = next(ln for ln in README.read_text().splitlines() if 'cbs=GradientProjection(' in ln and ln.startswith('learn.'))
-    learn = learner()
-    code = re.sub(r'fit_adversarial\(\d+', 'fit_adversarial(1', line.split('#')[0])
-    with learn.no_bar(), learn.no_logging():
-        exec(code, {'learn': learn, 'GradientProjection': GradientProjection})
-    assert len(learn.recorder.values) == 1
 
 
 def test_natural_copy_starts_each_epoch_from_a_copy_of_the_optimiser_state():
