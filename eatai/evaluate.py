@@ -178,7 +178,7 @@ def _attack_points(model, x, y, idx, threat, attack, budget, n_classes, seed, de
     ball, still = make_ball(threat.norm, threat.eps), []
     chunks = _chunks(idx, bs)
     if progress and chunks:
-        from ._progress import progress_bar   # bars in a terminal, one line per threat model in a log
+        from ._progress import progress_bar   # bars in a terminal, one line per threat model and attack in a log
         chunks = progress_bar(chunks, leave=False)
         chunks.comment = f"{threat} {attack}"
     for chunk in chunks:

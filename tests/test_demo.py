@@ -65,14 +65,16 @@ def test_cli_bad_input_is_one_clear_line(capsys):
 
 def test_quickstart_recipe_smoke_logs_lines_into_a_pipe(tmp_path):
     """quickstart --smoke in a real process whose stdout is a pipe: the epoch table's rows and one line per
-    threat model, no carriage-return bar updates; the fine-tuned weights and results land in --out-dir."""
+    threat model and attack, no carriage-return bar updates; the fine-tuned weights and results land in --out-dir."""
     proc = subprocess.run([sys.executable, str(REPO / 'recipes' / 'quickstart.py'), '--smoke', '--out-dir', str(tmp_path)],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'quickstart' in proc.stdout and 'union' in proc.stdout
     assert '\r' not in proc.stdout and len(proc.stdout.splitlines()) < 30, proc.stdout
     lines = proc.stdout.splitlines()
-    assert sum(line.startswith(('linf:8/255: 1 batch', 'l2:0.5: 1 batch', 'l1:12: 1 batch')) for line in lines) == 6
+    ce = [t + ' apgd-ce: 1 batch' for t in ('linf:8/255', 'l2:0.5', 'l1:12')]
+    assert sum(line.startswith(tuple(ce)) for line in lines) == 6          # two evaluations, three threat models
+    assert sum(' apgd-t: 1 batch' in line for line in lines) <= 6
     assert any(line.split()[:2] == ['epoch', 'train_loss'] for line in lines)          # fastai's table header
     assert any(line.split()[0] == '0' for line in lines if line.strip())                # and its one row
     saved = json.loads((tmp_path / 'quickstart.json').read_text())

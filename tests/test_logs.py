@@ -50,14 +50,18 @@ def test_fit_prints_table_rows_into_a_file_and_bars_into_a_terminal(learn):
     assert isinstance(learn.progress, AdaptiveProgress)
 
 
-def test_evaluation_prints_one_line_per_threat_model_into_a_file(learn):
+def test_evaluation_prints_one_line_per_threat_model_and_attack_into_a_file(learn):
     x, y = (t.as_subclass(torch.Tensor) for t in learn.dls.valid.one_batch())   # plain tensors, as robust_eval passes
     evaluate = lambda: evaluate_robustness(learn.model, x[:6], y[:6], threats=['linf:8/255', 'l1:12'], budget='quick',
                                            bs=3, progress=True)
     log = printed(io.StringIO(), evaluate)
-    assert '\r' not in log and [line.split(': ')[0] for line in log.splitlines()] == ['linf:8/255', 'l1:12'], log
+    heads = [line.split(': ')[0] for line in log.splitlines()]
+    # APGD-CE in each threat model; APGD-T only where points survived it
+    assert '\r' not in log and heads[:1] == ['linf:8/255 apgd-ce'] and 'l1:12 apgd-ce' in heads, log
+    assert set(heads) <= {'linf:8/255 apgd-ce', 'linf:8/255 apgd-t', 'l1:12 apgd-ce', 'l1:12 apgd-t'}, log
+    assert len(heads) == len(set(heads)), log
     # how many batches depends on how many of the 6 points the model gets right (only those are attacked)
-    assert all(re.fullmatch(r'\S+: [12] batch(es)? in \d\d:\d\d', line) for line in log.splitlines()), log
+    assert all(re.fullmatch(r'\S+ apgd-(ce|t): [12] batch(es)? in \d\d:\d\d', line) for line in log.splitlines()), log
     screen = printed(FakeTerminal(), evaluate)
     assert '\r' in screen and 'linf:8/255' in screen
 
