@@ -39,3 +39,25 @@ def tiny_net():
 def batch():
     g = torch.Generator().manual_seed(1)
     return torch.rand(6, 3, 16, 16, generator=g), torch.randint(0, 10, (6,), generator=g)
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds waiting, badly so on a busy machine.
+    Modules opt in with `pytestmark = pytest.mark.usefixtures('one_thread')`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def softmax_regression(seed=0, n=48, size=8, n_flipped=6):
+    """A random linear 10-class model and inputs it mostly classifies 'correctly' (the first
+    `n_flipped` labels are wrong)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, 10))
+    x = torch.rand(n, 3, size, size)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    y[:n_flipped] = (y[:n_flipped] + 1) % 10
+    return model, x, y

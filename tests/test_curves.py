@@ -20,12 +20,7 @@ from eatai.evaluate import evaluate_robustness  # noqa: E402
 from eatai.learner import robust_learner  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def linear_problem(n=40, size=6, n_flipped=4, seed=0):

@@ -21,13 +21,7 @@ from eatai.models import load_checkpoint
 THREATS = ['linf:0.1', 'l1:1']
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds waiting, badly so on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 class MeanModel(nn.Module):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import softmax_regression
 from pyautoattack import AutoAttack
 from torch import nn
 
@@ -19,23 +20,12 @@ START_DECIDES = EvalBudget('start decides', linf=_FEW, l2=_FEW,
                            l1=APGDSettings(n_iter=3, n_restarts=2, n_target_classes=2, use_largereps=True))
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def linear_model(seed=0, n=16, size=4, n_flipped=2):
-    """A random linear 10-class model on (n, 3, size, size) inputs it mostly classifies 'correctly'."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, 10))
-    x = torch.rand(n, 3, size, size)
-    with torch.no_grad():
-        y = model(x).argmax(dim=1)
-    y[:n_flipped] = (y[:n_flipped] + 1) % 10
-    return model, x, y
+    """`softmax_regression` at this module's sizes."""
+    return softmax_regression(seed, n, size, n_flipped)
 
 
 def test_flags_do_not_depend_on_batch_size_or_union_only():

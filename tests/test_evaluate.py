@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from conftest import TinyNet
+from conftest import TinyNet, softmax_regression
 from pyautoattack import AutoAttack
 from pyautoattack.autopgd_base import APGDAttack
 from torch import nn
@@ -14,13 +14,7 @@ from eatai.threats import NORMS, ThreatModel
 BOX_THREATS = ['linf:0.1', 'l2:0.3', 'l1:1']
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds waiting, badly so on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 class SumModel(nn.Module):
@@ -74,17 +68,6 @@ class PermutingNet(nn.Module):
 
     def forward(self, x):
         return self.lin(x.permute(0, 2, 3, 1).reshape(x.shape[0], -1))
-
-
-def softmax_regression(seed=0, n=48, size=8, n_flipped=6):
-    """A random linear 10-class model and inputs it mostly classifies 'correctly'."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, 10))
-    x = torch.rand(n, 3, size, size)
-    with torch.no_grad():
-        y = model(x).argmax(dim=1)
-    y[:n_flipped] = (y[:n_flipped] + 1) % 10
-    return model, x, y
 
 
 def test_union_is_per_example():

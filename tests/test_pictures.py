@@ -19,12 +19,7 @@ THREATS = ['linf:8/255', 'l2:0.5', 'l1:12']
 EPS = {'linf': 8 / 255, 'l2': 0.5, 'l1': 12.0}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')
