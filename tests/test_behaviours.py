@@ -4,23 +4,16 @@ import pytest
 import torch
 from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
+from test_training import tiny_dls
+from test_training import tiny_learner as training_learner
 
 import eatai.callbacks.adversarial as adversarial
-from eatai.all import Normalized, arrays_dls, robust_learner
-from eatai.models.cifar_cnn import CifarCNN
-
-
-def tiny_dls(n_train=32, n_valid=8, bs=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n_train + n_valid, 3, 32, 32, generator=g)
-    y = torch.randint(0, 10, (n_train + n_valid,), generator=g)
-    return arrays_dls(x[:n_train], y[:n_train], x[n_train:], y[n_train:], bs=bs)
 
 
 def tiny_learner(dls=None, **kwargs):
-    set_seed(0)
-    learn = robust_learner(dls or tiny_dls(), Normalized(CifarCNN(width=4), (0.5,) * 3, (0.25,) * 3), **kwargs)
-    return learn
+    """test_training's tiny learner, on this module's smaller default data (32 training, 8 validation images)."""
+    set_seed(0)   # before the DataLoaders: fastai's draw their shuffling RNG from the global state when made
+    return training_learner(dls or tiny_dls(n_train=32, n_valid=8), **kwargs)
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')

@@ -8,6 +8,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler
 from fastai.torch_core import set_seed
+from test_resume import Crash
 from torch import nn
 
 from eatai.all import GradientProjection, arrays_dls, piecewise_schedule, robust_learner
@@ -122,17 +123,6 @@ def test_beta_zero_is_exactly_the_adversarial_run(scheme, epochs):
 
 
 # --- resumption, save/load ----------------------------------------------------------------------
-
-class Crash(Callback):
-    order = 99
-
-    def __init__(self, epoch, batch):
-        self.at = (epoch, batch)
-
-    def after_batch(self):
-        if self.training and (self.epoch, self.iter) == self.at:
-            raise KeyboardInterrupt
-
 
 def finetune(cbs, beta=0.5):
     learn, gp = learner(dropout=0.3), GradientProjection(beta)
