@@ -6,7 +6,7 @@ On `--n-train` CIFAR-10 training images of ../shared/data: train eatai's small C
 start fine-tune for `--ft-epochs` epochs with each scheme of `--schemes` and each seed of
 `--seeds` (seeds change the data order, augmentation and E-AT's draws). Each model is evaluated
 on the first `--n-eval` test points with the quick budget (labelled as such); `--standard` adds
-the full APGD-CE + APGD-T evaluation of seed 0 of E-AT and RAMP. A scheme 'X+trades' fine-tunes
+the full APGD-CE + APGD-T evaluation of seed 0 of E-AT, RAMP and eat-pair. A scheme 'X+trades' fine-tunes
 with scheme X and the TRADES loss.
 
 Resumable: every finished (scheme, seed) run is written to the JSON at once, and a second call
@@ -33,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 KEYS = ('clean', 'linf', 'l2', 'l1', 'union')
 # the settings a stored run depends on: a run made under other settings is never reused
 SAME = ('data', 'n_train', 'at_epochs', 'ft_epochs', 'lr', 'bs', 'width', 'n_eval', 'start')
+STANDARD = ('eat', 'ramp', 'eat-pair')   # the schemes whose seed 0 --standard also evaluates fully
 
 
 def accuracies(result: dict) -> dict:
@@ -96,7 +97,7 @@ def run_one(scheme, seed, state, dls, args) -> dict:
         fit_scheme(learn, scheme, args)
     run = {'seconds_per_epoch': (time.perf_counter() - t) / args.ft_epochs,
            'quick': accuracies(learn.robust_eval(n=args.n_eval, budget='quick', seed=0, progress=False).to_dict())}
-    if args.standard and seed == 0 and scheme in ('eat', 'ramp'):
+    if args.standard and seed == 0 and scheme in STANDARD:
         run['standard'] = accuracies(learn.robust_eval(n=args.n_eval, budget='standard', seed=0, progress=False).to_dict())
     return run
 
@@ -129,12 +130,20 @@ def print_summary(store, table, args):
     for key, run in store['runs'].items():
         if 'standard' in run:
             print(f"standard budget, {key}: " + ', '.join(f"{k} {100 * run['standard'][k]:.1f}" for k in KEYS))
-    if 'eat' in table and 'ramp' in table:
-        (m_e, s_e), (m_r, s_r) = table['eat']['union'], table['ramp']['union']
-        pooled = math.sqrt((s_e ** 2 + s_r ** 2) / 2) if not (math.isnan(s_e) or math.isnan(s_r)) else math.nan
-        verdict = 'beats' if m_r > m_e else 'does not beat'
-        print(f"union: RAMP {verdict} E-AT by {100 * (m_r - m_e):+.1f} points = "
-              f"{(m_r - m_e) / pooled if pooled else math.nan:+.2f} pooled standard deviations")
+    for other in table:
+        if other != 'eat' and 'eat' in table:
+            print(union_verdict(table, other, 'eat'))
+    if 'ramp' in table and 'eat-pair' in table:
+        print(union_verdict(table, 'eat-pair', 'ramp'))
+
+
+def union_verdict(table, a, b) -> str:
+    """Whether scheme a beats scheme b on union, in points and pooled standard deviations."""
+    (m_a, s_a), (m_b, s_b) = table[a]['union'], table[b]['union']
+    pooled = math.sqrt((s_a ** 2 + s_b ** 2) / 2) if not (math.isnan(s_a) or math.isnan(s_b)) else math.nan
+    verdict = 'beats' if m_a > m_b else 'does not beat'
+    return (f"union: {a} {verdict} {b} by {100 * (m_a - m_b):+.1f} points = "
+            f"{(m_a - m_b) / pooled if pooled else math.nan:+.2f} pooled standard deviations")
 
 
 def main():
@@ -150,7 +159,7 @@ def main():
     parser.add_argument('--seeds', type=int, default=1, help='fine-tune each scheme with seeds 0 .. N-1')
     parser.add_argument('--schemes', nargs='+', default=['eat', 'ramp', 'l1', 'max'],
                         help="fine-tuning schemes; 'X+trades' adds the TRADES loss to scheme X")
-    parser.add_argument('--standard', action='store_true', help='also the standard budget for seed 0 of eat and ramp')
+    parser.add_argument('--standard', action='store_true', help=f"also the standard budget for seed 0 of {', '.join(STANDARD)}")
     parser.add_argument('--start', help='an l-inf-robust cifar_cnn to start from (a state dict or an eatai '
                                         'checkpoint such as eatai/checkpoints/cifar_cnn_linf.pt); skips the AT phase')
     parser.add_argument('--out', default='finetune_mini.json')
@@ -163,7 +172,7 @@ def main():
     for seed in range(args.seeds):
         for scheme in args.schemes:
             key = f'{scheme}/{seed}'
-            if key in store['runs'] and (not args.standard or seed or scheme not in ('eat', 'ramp')
+            if key in store['runs'] and (not args.standard or seed or scheme not in STANDARD
                                          or 'standard' in store['runs'][key]):
                 continue   # finished in an earlier call
             store['runs'][key] = run_one(scheme, seed, state, dls, args)

@@ -18,7 +18,7 @@ from .callbacks import (
            Switch,
            make_strategy,
 )
-from .callbacks import RAMP, TRADES, AdaptiveProgress, DecayAll, TrainingLoss
+from .callbacks import RAMP, TRADES, EATPair, AdaptiveProgress, DecayAll, TrainingLoss
 from .curves import ModelCurves, RobustnessCurves, robustness_curves  # also patches Learner.robustness_curves
 from .data import CIFAR10_CLASSES, arrays_dls, cifar10_dls, imagenet_dls, load_sample, mixed_dls, sample_dls
 from .demo import DEMO_CHECKPOINT
@@ -39,7 +39,7 @@ __all__ = ['apgd', 'apgd_targeted', 'l1_box_projection', 'EAT', 'MAX', 'AVG', 'M
            'set_adversary', 'hull_covers', 'hull_radius', 'union_radius', 'RobustLearner', 'paper_sgd',
            'robust_learner', 'Normalized', 'build_model', 'load_checkpoint', 'load_model', 'load_robustbench', 'load_weights', 'save_checkpoint', 'print_results',
            'results_table', 'results_text', 'NORMS', 'ThreatModel', 'default_threats', 'parse_threat', 'set_seed',
-           'RAMP', 'TRADES', 'TrainingLoss', 'DecayAll', 'GradientProjection',
+           'RAMP', 'EATPair', 'TRADES', 'TrainingLoss', 'DecayAll', 'GradientProjection',
            'ModelCurves', 'RobustnessCurves', 'robustness_curves', 'AdversarialExamples', 'adversarial_examples',
            'transformer_adamw', 'get_entry', 'load_zoo_model', 'zoo_download', 'zoo_entries',
            'Checkpointing', 'plot_training_stats', 'DEMO_CHECKPOINT', 'APGDSettings',

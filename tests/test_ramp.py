@@ -141,3 +141,68 @@ def test_schemes_with_their_own_loss_refuse_trades_before_training(scheme):
     with pytest.raises(ValueError, match='cannot take the training loss'):
         learn.fit_adversarial(1, lr=0.01, scheme=scheme, loss=TRADES(), cbs=count)
     assert count.n == 0 and all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
+
+
+class Forwards(torch.nn.Module):
+    """Counts the forward passes through a model."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.n = model, 0
+
+    def forward(self, x):
+        self.n += 1
+        return self.model(x)
+
+
+def test_eat_pair_attacks_the_drawn_norm_fully_and_its_partner_cheaply():
+    from eatai.all import AttackSettings, EATPair
+    learn = tiny_learner(tiny_dls(n_train=16, bs=16))
+    model = Forwards(learn.model)
+    settings = AttackSettings.build(n_iter=5)
+    strategy = EATPair(partner_iter=2, seed=0)
+    x, y = (t.as_subclass(torch.Tensor) for t in learn.dls.one_batch())   # plain tensors, as in training
+    drawn = set()
+    for _ in range(6):
+        model.n = 0
+        before = {n: m.count for n, m in strategy.rerr.items()}
+        batch = strategy.perturb(settings, model, x, y)
+        norm, b = batch.norm, len(x)
+        drawn.add(norm)
+        partner = 'l1' if norm == 'linf' else 'linf'
+        assert model.n == (5 + 1) + (2 + 1)                     # APGD runs n_iter + 1 forwards
+        assert len(batch.x) == 2 * b and torch.equal(batch.y, torch.cat([y, y]))
+        assert make_ball('linf', settings.eps['linf']).contains(x, batch.x[:b]).all()   # l-inf points first
+        assert make_ball('l1', settings.eps['l1']).contains(x, batch.x[b:]).all()
+        assert set(batch.robust) == {norm}                       # E-AT's statistics: the full attack only
+        assert strategy.rerr[norm].count == before[norm] + b and strategy.rerr[partner].count == before[partner]
+        pred = learn.model(batch.x)
+        assert batch.loss_fn(pred).item() == pytest.approx(ramp_loss(pred[:b], pred[b:], y, 5.0)[0].item(), rel=1e-6)
+    assert drawn == {'linf', 'l1'}
+
+
+def test_eat_pair_trains_with_eats_columns_and_the_kl(tmp_path):
+    from eatai.all import EATPair
+    learn = tiny_learner(tiny_dls(n_train=32, bs=16))
+    learn.finetune_adversarial('eat-pair', epochs=1, lr=0.01, n_iter=N_ITER)
+    strategy = learn.adversarial_training.strategy
+    assert isinstance(strategy, EATPair) and strategy.lam_value == RAMP.LAM_FINETUNE
+    names = list(learn.recorder.metric_names)
+    row = dict(zip(names[1:], learn.recorder.values[0]))
+    assert row['freq_linf'] + row['freq_l1'] == pytest.approx(1)
+    assert row['prob_linf'] + row['prob_l1'] == pytest.approx(1) and row['kl'] >= 0
+    path = learn.save(tmp_path / 'pair.pth')
+    other = tiny_learner(tiny_dls(n_train=16, bs=16))
+    other.load(path)
+    s = other.adversarial_training.strategy
+    assert isinstance(s, EATPair) and s.partner_iter == 1 and s.lam_value == RAMP.LAM_FINETUNE
+    assert s.probabilities() == strategy.probabilities()
+    assert torch.equal(torch.tensor(s.generator.get_state()), torch.tensor(strategy.generator.get_state()))
+
+
+@pytest.mark.parametrize('kwargs, match', [(dict(lam=-1), 'lam'), (dict(partner_iter=0), 'partner_iter'),
+                                           (dict(partner_iter=1.5), 'partner_iter')])
+def test_eat_pair_bad_input(kwargs, match):
+    from eatai.all import EATPair
+    with pytest.raises(ValueError, match=match):
+        EATPair(**kwargs)

@@ -4,7 +4,7 @@ from .baselines import AVG, MAX, MSD, MultiNorm
 from .decay import DecayAll
 from .gradient_projection import GradientProjection
 from .losses import TRADES, TrainingLoss, trades_loss
-from .ramp import RAMP, ramp_loss
+from .ramp import RAMP, EATPair, ramp_loss
 from .progress import AdaptiveProgress
 from .registry import STRATEGIES, make_strategy
 from .resume import Checkpointing
@@ -13,5 +13,5 @@ from .switch import Switch
 
 __all__ = ['AdversarialTraining', 'AttackSettings', 'EpochStat', 'Strategy', 'SingleNorm', 'RandomNorm', 'EAT', 'SAT',
            'MultiNorm', 'MAX', 'AVG', 'MSD', 'Switch', 'STRATEGIES', 'AdversarialBatch', 'RunningMean', 'make_strategy',
-           'Checkpointing', 'RAMP', 'ramp_loss', 'TRADES', 'TrainingLoss', 'trades_loss', 'DecayAll', 'GradientProjection',
-           'Checkpointing', 'AdaptiveProgress']
+           'Checkpointing', 'RAMP', 'EATPair', 'ramp_loss', 'TRADES', 'TrainingLoss', 'trades_loss', 'DecayAll', 'GradientProjection',
+           'AdaptiveProgress']

@@ -3,6 +3,7 @@ MAX over the pair plus a KL term pulling the r-predictions toward the q-ones (..
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import partial
 
 import torch
@@ -10,9 +11,9 @@ import torch.nn.functional as F
 
 from .._dist import all_reduce_sum
 from ..threats import NORMS, canonical_norm
-from .strategies import AdversarialBatch, Strategy
+from .strategies import EAT, AdversarialBatch, Strategy
 
-__all__ = ['RAMP', 'ramp_loss']
+__all__ = ['RAMP', 'EATPair', 'ramp_loss']
 
 
 def ramp_loss(out_q: torch.Tensor, out_r: torch.Tensor, y: torch.Tensor, lam: float):
@@ -121,3 +122,72 @@ class RAMP(Strategy):
 
     def __repr__(self):
         return f"RAMP(lam={self.lam}, pair={self.pair})"
+
+
+class EATPair(EAT):
+    """E-AT with a RAMP-style pairing term against a cheap partner (eatai's own variant, not from a paper).
+
+    Per batch: the norm p of {l-inf, l1} drawn as E-AT draws it (eq. 6) and attacked with the full
+    APGD, as in E-AT; the other norm attacked with only `partner_iter` APGD steps; the training
+    loss is RAMP's (`ramp_loss`: MAX over the two points plus lam * KL(p_linf || p_l1) on the
+    examples whose l-inf point is classified correctly) on both, in one forward of 2B. The cost is
+    E-AT's plus `partner_iter` attack steps and a training step on B more points; E-AT's
+    statistics (and so its draws) come from the full attack only, the partner's flags being weak.
+    lam=None: RAMP's defaults (5 from scratch, 0.5 fine-tuning).
+    """
+    name, accepts_loss = 'eat-pair', False
+    LAM_SCRATCH, LAM_FINETUNE = RAMP.LAM_SCRATCH, RAMP.LAM_FINETUNE
+
+    def __init__(self, lam: float | None = None, partner_iter: int = 1, beta: float | None = None,
+                 seed: int | None = None):
+        _check_lam(lam)
+        if isinstance(partner_iter, bool) or not isinstance(partner_iter, int) or partner_iter < 1:
+            raise ValueError(f"partner_iter must be an integer >= 1 (APGD steps of the partner attack), got {partner_iter!r}")
+        super().__init__(beta, seed)
+        self.lam, self.partner_iter, self.default_lam = lam, partner_iter, self.LAM_SCRATCH
+        self.stat_names = tuple(f'prob_{n}' for n in self.norms) + ('kl',)
+        self._kl_sum, self._kl_batches = 0.0, 0
+
+    @property
+    def lam_value(self) -> float:
+        return self.default_lam if self.lam is None else float(self.lam)
+
+    def set_mode(self, finetune):
+        self.default_lam = self.LAM_FINETUNE if finetune else self.LAM_SCRATCH
+
+    def set_epoch(self, epoch):
+        self._kl_sum, self._kl_batches = 0.0, 0
+
+    def perturb(self, settings, model, x, y):
+        norm = self.choose()
+        partner = self.norms[1] if norm == self.norms[0] else self.norms[0]
+        x_full, correct = settings.run(model, x, y, norm, self.attack_method)
+        self.observe(norm, correct)
+        cheap = replace(settings, n_iter={**settings.n_iter, partner: self.partner_iter})
+        x_partner, _ = cheap.run(model, x, y, partner, self.attack_method)
+        points = {norm: x_full, partner: x_partner}
+        return AdversarialBatch(torch.cat([points['linf'], points['l1']]), torch.cat([y, y]), {norm: correct}, norm,
+                                loss_fn=partial(self._loss, y=y))
+
+    def _loss(self, pred, y):
+        b = len(y)
+        loss, _, l_kl = ramp_loss(pred[:b], pred[b:], y, self.lam_value)
+        self._kl_sum += l_kl.item()
+        self._kl_batches += 1
+        return loss
+
+    def stats(self):
+        kl_sum, kl_batches = all_reduce_sum(torch.tensor([self._kl_sum, float(self._kl_batches)])).tolist()
+        return {**super().stats(), 'kl': kl_sum / kl_batches if kl_batches else math.nan}
+
+    def state_dict(self):
+        return {**super().state_dict(), 'lam': self.lam, 'partner_iter': self.partner_iter,
+                'default_lam': self.default_lam, 'kl_sum': self._kl_sum, 'kl_batches': self._kl_batches}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.lam, self.partner_iter, self.default_lam = state['lam'], state['partner_iter'], state['default_lam']
+        self._kl_sum, self._kl_batches = state['kl_sum'], state['kl_batches']
+
+    def __repr__(self):
+        return f"EATPair(lam={self.lam}, partner_iter={self.partner_iter})"

@@ -1,17 +1,18 @@
-"""Training schemes by name: 'eat', 'linf', 'l2', 'l1', 'max', 'avg', 'msd', 'sat', 'ramp', and
+"""Training schemes by name: 'eat', 'linf', 'l2', 'l1', 'max', 'avg', 'msd', 'sat', 'ramp', 'eat-pair', and
 switches written 'l2>eat@45' (l2-AT for epochs 0-44, then E-AT)."""
 from __future__ import annotations
 
 from ..threats import canonical_norm
 from .baselines import AVG, MAX, MSD
-from .ramp import RAMP
+from .ramp import RAMP, EATPair
 from .strategies import EAT, SAT, SingleNorm, Strategy
 from .switch import Switch
 
 __all__ = ['STRATEGIES', 'make_strategy']
 
 STRATEGIES = {'eat': EAT, 'linf': SingleNorm, 'l2': SingleNorm, 'l1': SingleNorm, 'max': MAX, 'avg': AVG,
-              'msd': MSD, 'sat': SAT, 'ramp': RAMP}
+              'msd': MSD, 'sat': SAT, 'ramp': RAMP,
+              'eat-pair': EATPair}
 
 
 def _single(scheme) -> Strategy:
