@@ -119,5 +119,5 @@ def test_bad_input():
     x = torch.rand(2, 3)
     with pytest.raises(ValueError, match='shape'):
         l1_box_projection(x, torch.rand(2, 4), 1.0)
-    with pytest.raises(ValueError, match='eps'):
+    with pytest.raises(ValueError, match='^eps must be > 0 for every example$'):
         l1_box_projection(x, torch.rand(2, 3), 0.0)

@@ -1,0 +1,143 @@
+"""APGD's edges: what it refuses (with which words), the empty batch, the KL attack's reference,
+and restarts that keep only the examples still robust."""
+import pytest
+import torch
+from conftest import TinyNet
+
+from eatai.attacks import APGDConfig, apgd
+from eatai.attacks.guards import check_batch
+from eatai.attacks.losses import kl_loss
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+
+def test_check_batch_refuses_with_a_reason():
+    x, y = torch.rand(2, 3, 4, 4), torch.tensor([0, 1])
+    check_batch(x, y)
+    edge = x.clone()
+    edge[0, 0, 0, 0], edge[1, 0, 0, 0] = 0.0, 1.0
+    check_batch(edge, y)                                          # 0 and 1 are pixels too
+    cases = [
+        ((x.numpy(), y), TypeError, '^x and y must be torch tensors, got ndarray and Tensor'),
+        ((x, [0, 1]), TypeError, '^x and y must be torch tensors, got Tensor and list'),
+        ((x.long(), y), ValueError, '^x must be a floating-point tensor in'),
+        ((torch.rand(3), torch.tensor([0, 1, 2])), ValueError, r'^x must be a batch \(B, ...\), got shape \(3,\)'),
+        ((x, torch.tensor([0, 1, 2])), ValueError, r'^y must have shape \(2,\) to match x, got \(3,\)'),
+        ((x, torch.tensor([[0], [1]])), ValueError, r'^y must have shape \(2,\) to match x, got \(2, 1\)'),
+        ((x, y.float()), ValueError, '^y must hold integer class labels'),
+        ((x * float('nan'), y), ValueError, '^x contains NaN or infinite values'),
+        ((x + 1, y), ValueError, r'^inputs must lie in \[0,1\] pixel space .*remove Normalize from the data pipeline'),
+        ((x - 1, y), ValueError, r'^inputs must lie in \[0,1\] pixel space'),
+        ((x, torch.tensor([0, -1])), ValueError, '^labels must be >= 0, got -1'),
+    ]
+    for args, error, match in cases:
+        with pytest.raises(error, match=match):
+            check_batch(*args)
+
+
+def test_apgd_config_bounds():
+    APGDConfig(n_iter=1), APGDConfig(n_restarts=1), APGDConfig(momentum=1.0, rho=1.0, l1_sparsity=1.0)
+    APGDConfig(n_restarts=2, random_start=True)
+    for kwargs, match in [(dict(n_iter=0), 'n_iter'), (dict(n_iter=1.5), 'n_iter'), (dict(n_iter=True), 'n_iter'),
+                          (dict(n_restarts=0), 'n_restarts'), (dict(n_restarts=2.0), 'n_restarts'),
+                          (dict(n_restarts=2), '^n_restarts > 1 needs random_start=True: without it every restart is identical'),
+                          (dict(momentum=0), 'momentum'), (dict(rho=1.5), 'rho'), (dict(l1_sparsity=0), 'l1_sparsity'),
+                          (dict(grad_scale=0), 'grad_scale')]:
+        with pytest.raises(ValueError, match=match):
+            APGDConfig(**kwargs)
+
+
+def test_apgd_on_an_empty_batch_returns_empty_flags():
+    x, y = torch.rand(0, 3, 16, 16), torch.zeros(0, dtype=torch.long)
+    x_adv, correct = apgd(TinyNet(), x, y, 'linf', 0.03)
+    assert x_adv.shape == x.shape and correct.shape == (0,) and correct.dtype == torch.bool
+    x_adv, correct, loss = apgd(TinyNet(), x, y, 'linf', 0.03, return_loss=True)
+    assert loss.shape == (0,)
+
+
+def test_apgd_kl_attack_measures_from_its_reference(tiny_net, batch):
+    x, y = batch
+    tiny_net.eval()
+    with pytest.raises(ValueError, match="^loss 'kl' needs random_start=True: its gradient is zero at the clean point"):
+        apgd(tiny_net, x, y, 'linf', 0.03, loss='kl')
+    with pytest.raises(ValueError, match="^return_loss needs keep='loss': the loss is tracked at the highest-loss point"):
+        apgd(tiny_net, x, y, 'linf', 0.03, return_loss=True, keep='misclassified')
+    x_adv, _, loss = apgd(tiny_net, x, y, 'linf', 0.03, 3, loss='kl', random_start=True, seed=0, return_loss=True)
+    with torch.no_grad():
+        assert torch.allclose(loss, kl_loss(tiny_net(x_adv), y, tiny_net(x)), atol=1e-6)
+        other = torch.randn(len(y), 10, generator=torch.Generator().manual_seed(1))
+    x_o, _, loss_o = apgd(tiny_net, x, y, 'linf', 0.03, 3, loss='kl', random_start=True, seed=0, return_loss=True,
+                          reference=other)
+    with torch.no_grad():
+        assert torch.allclose(loss_o, kl_loss(tiny_net(x_o), y, other), atol=1e-6)
+
+
+def test_restarts_break_more_examples_and_return_real_adversarials(tiny_net, batch):
+    x, _ = batch
+    tiny_net.eval()
+    with torch.no_grad():
+        y = tiny_net(x).argmax(1)                               # every example correct clean
+    opts = dict(random_start=True, keep='misclassified', seed=0)
+    _, one = apgd(tiny_net, x, y, 'linf', 0.07, 1, **opts)
+    x_adv, many = apgd(tiny_net, x, y, 'linf', 0.07, 1, n_restarts=20, **opts)
+    assert not (many & ~one).any() and (one & ~many).any()     # restarts only ever break more
+    with torch.no_grad():
+        fooled = tiny_net(x_adv).argmax(1) != y
+    assert torch.equal(fooled, ~many)                           # every broken example comes with its adversarial
+
+
+def test_targeted_restarts_keep_their_targets(tiny_net, batch):
+    x, y = batch
+    tiny_net.eval()
+    target = (y + 1) % 10
+    x_adv, correct = apgd(tiny_net, x, y, 'l2', 0.5, 2, loss='ce-targeted', y_target=target, n_restarts=2,
+                          random_start=True, keep='misclassified', seed=0)
+    assert correct.shape == y.shape
+    with torch.no_grad():
+        assert not (correct & (tiny_net(x).argmax(1) != y)).any()   # misclassified clean: never robust
+
+
+def test_apgd_flags_an_example_misclassified_at_any_iterate(batch):
+    from test_pgd_rules import Flicker
+    x, y = batch
+    torch.manual_seed(0)
+    _, correct = apgd(Flicker(y), x, y, 'linf', 0.03, 3)    # wrong at iterate 1 only
+    assert not correct.any()
+    _, _, loss = apgd(Flicker(y), x, y, 'linf', 0.03, 3, return_loss=True)
+    assert (loss > 40).all()                                  # keep='loss': iterate 1's loss is the best
+
+
+def test_more_apgd_edges(tiny_net, batch):
+    from conftest import CountingModel
+    from eatai.attacks.losses import get_loss
+    x, y = batch
+    tiny_net.eval()
+    counting = CountingModel(tiny_net)
+    apgd(counting, x, y, 'linf', 0.03)
+    assert counting.n_forward == 10 + 1                                    # 10 steps by default
+    with pytest.raises(TypeError, match=r"^unknown APGD option\(s\) \['bogus'\]; known:"):
+        APGDConfig.from_options(bogus=1)
+    with pytest.raises(ValueError, match='n_restarts'):
+        APGDConfig(n_restarts=2.0, random_start=True)
+    with pytest.raises(ValueError, match=r"^unknown attack loss 'cw': expected one of ce, dlr, dlr-targeted"):
+        get_loss('cw')
+    # every example broken by the first run: the restarts stop, and the flags say so
+    _, correct = apgd(tiny_net, x, y, 'linf', 1.0, 2, n_restarts=3, random_start=True, keep='misclassified', seed=0)
+    assert not correct.any()
+    # restarts draw from the seeded generator, not from torch's global one
+    torch.manual_seed(1)
+    a = apgd(tiny_net, x, y, 'l2', 0.5, 2, n_restarts=3, random_start=True, seed=5)[0]
+    torch.manual_seed(2)
+    b = apgd(tiny_net, x, y, 'l2', 0.5, 2, n_restarts=3, random_start=True, seed=5)[0]
+    assert torch.equal(a, b)
+
+
+def test_restarts_with_keep_loss_never_turn_a_broken_example_robust(tiny_net, batch):
+    x, _ = batch
+    tiny_net.eval()
+    with torch.no_grad():
+        y = tiny_net(x).argmax(1)
+    opts = dict(random_start=True, keep='loss', seed=0)
+    _, one = apgd(tiny_net, x, y, 'linf', 0.07, 1, **opts)
+    _, many = apgd(tiny_net, x, y, 'linf', 0.07, 1, n_restarts=20, **opts)
+    assert not (many & ~one).any() and (one & ~many).any()

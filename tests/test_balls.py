@@ -1,0 +1,149 @@
+"""The ball objects on their own, against formulas written out here: membership at the boundary,
+the l-inf and l2 projections, the random starts' distributions and dtypes, the l1 steepest-ascent
+direction and the step rules each ball hands to APGD. The attacks' tests use `contains` as their
+judge, so it is pinned down here first."""
+import pytest
+import torch
+
+from eatai.attacks import APGDConfig, l1_box_projection, make_ball
+from eatai.attacks.balls import lp_norm
+
+D = (3, 8, 8)
+
+
+def interior(batch=4, seed=0, dtype=torch.float32):
+    """Clean points well inside [0,1], so that no box clipping happens at the radii used here."""
+    g = torch.Generator().manual_seed(seed)
+    return (0.4 + 0.2 * torch.rand(batch, *D, generator=g)).to(dtype)
+
+
+@pytest.mark.parametrize('norm, eps', [('linf', 0.1), ('l2', 0.5), ('l1', 2.0)])
+def test_contains_is_inclusive_at_the_radius_and_strict_beyond(norm, eps):
+    ball, x = make_ball(norm, eps), interior()
+    u = torch.randn_like(x)
+    u = u / lp_norm(u, norm).view(-1, 1, 1, 1)            # unit vectors in this norm
+    assert ball.contains(x, x + eps * u).all()              # on the sphere: inside
+    assert not ball.contains(x, x + 1.001 * eps * u).any()  # 0.1% beyond: outside
+    assert ball.contains(x, x).all()
+
+
+def test_contains_needs_the_box_and_the_ball_both():
+    ball, x = make_ball('linf', 0.1), interior(2)
+    x[0, 0, 0, 0], x[1, 0, 0, 0] = 0.02, 0.98
+    below, above = x.clone(), x.clone()
+    below[0, 0, 0, 0], above[1, 0, 0, 0] = -1e-3, 1 + 1e-3  # inside the ball (0.021 < 0.1), outside [0,1]
+    assert ball.contains(x, below).tolist() == [False, True]
+    assert ball.contains(x, above).tolist() == [True, False]
+    far = x.clone()
+    far[0] += 0.2                                            # inside [0,1], outside the ball
+    assert ball.contains(x, far).tolist() == [False, True]
+
+
+def test_balls_name_themselves():
+    assert repr(make_ball('l2', 0.5)) == 'L2Ball(eps=0.5)'
+
+
+def test_linf_projection_is_the_coordinate_clip():
+    ball, x = make_ball('linf', 0.1), interior()
+    x_adv = x + 0.3 * torch.randn_like(x)
+    expected = torch.minimum(torch.maximum(x_adv, x - 0.1), x + 0.1).clamp(0, 1)
+    assert torch.equal(ball.project(x, x_adv), expected)
+
+
+def test_l2_projection_rescales_outside_points_and_keeps_inside_ones():
+    ball, x = make_ball('l2', 0.5), interior()
+    u = torch.randn_like(x)
+    u = u / lp_norm(u, 'l2').view(-1, 1, 1, 1)
+    assert torch.allclose(ball.project(x, x + 2.0 * u), x + 0.5 * u, atol=1e-6)   # radius 2 -> 0.5
+    inside = x + 0.3 * u
+    assert torch.allclose(ball.project(x, inside), inside, atol=1e-7)            # radius 0.3 stays
+    corner = torch.zeros_like(x)
+    corner[:, 0, 0, 0] = 5.0
+    assert ball.project(x, x + corner).max() <= 1                                 # then clipped to the box
+
+
+def test_l1_projection_is_l1_box_projection_of_the_perturbation():
+    ball, x = make_ball('l1', 2.0), interior()
+    x_adv = x + 0.2 * torch.randn_like(x)
+    assert torch.equal(ball.project(x, x_adv), x + l1_box_projection(x, x_adv - x, 2.0))
+
+
+@pytest.mark.parametrize('norm, eps', [('linf', 0.1), ('l2', 0.5), ('l1', 2.0)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float64])
+def test_balls_keep_the_input_dtype(norm, eps, dtype):
+    ball, x = make_ball(norm, eps), interior(dtype=dtype)
+    g = torch.Generator().manual_seed(0)
+    assert ball.random_start(x, g).dtype == dtype
+    assert ball.project(x, x + 0.1).dtype == dtype
+    assert ball.direction(torch.randn_like(x)).dtype == dtype
+
+
+def test_linf_random_start_is_uniform_in_the_cube():
+    ball, x = make_ball('linf', 0.1), interior(64)
+    delta = (ball.random_start(x, torch.Generator().manual_seed(0)) - x) / 0.1    # uniform on [-1, 1]
+    assert delta.abs().max() <= 1 + 1e-5
+    assert abs(delta.mean().item()) < 0.02                                         # centred
+    assert abs((delta.abs() < 0.5).float().mean().item() - 0.5) < 0.02            # P(|u| < 1/2) = 1/2
+    assert abs((delta > 0).float().mean().item() - 0.5) < 0.02
+
+
+def test_l2_random_start_is_a_spread_point_of_the_sphere():
+    ball, x = make_ball('l2', 0.5), interior(16)
+    delta = ball.random_start(x, torch.Generator().manual_seed(0)) - x
+    assert torch.allclose(lp_norm(delta, 'l2'), torch.full((16,), 0.5), atol=1e-5)
+    # a Gaussian direction in d = 192 dimensions: no coordinate holds much of it
+    assert (delta.abs().amax(dim=(1, 2, 3)) < 0.5 * 0.4).all()
+    assert abs(delta.mean().item()) < 0.01
+
+
+def test_l1_random_start_is_on_the_l1_sphere_in_the_box():
+    ball, x = make_ball('l1', 2.0), interior(8)
+    start = ball.random_start(x, torch.Generator().manual_seed(0))
+    assert ball.contains(x, start).all()
+    assert torch.allclose(lp_norm(start - x, 'l1'), torch.full((8,), 2.0), rtol=1e-4)  # N(0,1) noise is far outside
+
+
+def test_l2_direction_has_unit_norm_per_example():
+    ball = make_ball('l2', 0.5)
+    grad = torch.randn(3, *D) * torch.tensor([1e-3, 1.0, 1e3]).view(-1, 1, 1, 1)
+    assert torch.allclose(lp_norm(ball.direction(grad), 'l2'), torch.ones(3), atol=1e-5)
+    assert torch.equal(ball.direction(torch.zeros(2, *D)), torch.zeros(2, *D))
+
+
+def test_l1_direction_keeps_the_top_coordinates_with_unit_l1_norm():
+    ball = make_ball('l1', 2.0)
+    grad = torch.randn(2, *D, generator=torch.Generator().manual_seed(0))
+    full = ball.direction(grad)                               # no sparsity given: every coordinate
+    d = grad[0].numel()
+    assert torch.equal(full, grad.sign() / d)
+    sparse = ball.direction(grad, torch.tensor([0.25, 1e-6]))
+    flat, g = sparse.reshape(2, -1), grad.reshape(2, -1).abs()
+    assert (flat != 0).sum(dim=1).tolist() == [d // 4, 1]     # a quarter, and at least one
+    assert torch.allclose(flat.abs().sum(dim=1), torch.ones(2))
+    kept = flat[0] != 0
+    assert g[0][kept].min() >= g[0][~kept].max()              # the largest |grad| are the ones kept
+    assert flat[1].abs().argmax() == g[1].argmax()
+    tied = ball.direction(torch.ones(1, *D), torch.tensor([0.5]))
+    assert (tied != 0).sum() == d                             # ties at the threshold are all kept
+
+
+def test_each_ball_hands_apgd_its_step_rule():
+    config = APGDConfig(n_iter=100, rho=0.6, l1_sparsity=0.1)
+    for norm in ('linf', 'l2'):
+        rule = make_ball(norm, 0.1).step_schedule(100, config)
+        assert (rule.period, rule.rho) == (22, 0.6)
+    rule = make_ball('l1', 2.0).step_schedule(100, config)
+    assert (rule.period, rule.init_sparsity) == (4, 0.1)
+
+
+def test_lp_norm_names_the_known_norms():
+    with pytest.raises(ValueError, match=r"^unknown norm 'l3': expected one of linf, l2, l1"):
+        lp_norm(torch.zeros(1, 3), 'l3')
+
+
+def test_l1_projection_of_bf16_inputs_is_computed_in_float32():
+    g = torch.Generator().manual_seed(0)
+    x, delta = torch.rand(4, *D, generator=g).bfloat16(), (0.3 * torch.randn(4, *D, generator=g)).bfloat16()
+    out = l1_box_projection(x, delta, 2.0)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, l1_box_projection(x.float(), delta.float(), 2.0).bfloat16())

@@ -1,0 +1,206 @@
+"""PGD's and MSD's rules one at a time, each against a computation made here: the robustness flag
+as the AND over the iterates, which iterate is kept, the default step, the random start and its
+generator, the TRADES (KL) loss and its reference, SLIDE's blocked coordinates, eval mode, and
+the argument checks."""
+import pytest
+import torch
+from conftest import TinyNet as TinyNetLike
+from torch import nn
+
+from eatai.attacks.losses import ce_loss, kl_loss
+from eatai.attacks.msd import msd
+from eatai.attacks.pgd import pgd, steepest_direction
+from eatai.attacks import make_ball
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+
+def chain(model, x, y, norm, eps, n_iter, **kw):
+    """The iterates 0..n_iter of deterministic PGD, each as PGD run for that many steps (keep='last')."""
+    points = [x]
+    for k in range(1, n_iter + 1):
+        points.append(pgd(model, x, y, norm, eps, n_iter=k, keep='last', **kw)[0])
+    return points
+
+
+@pytest.mark.parametrize('norm, eps', [('linf', 0.06), ('l2', 0.8), ('l1', 6.0)])
+def test_pgd_flags_are_the_and_over_its_iterates_and_keep_picks_the_iterate(tiny_net, batch, norm, eps):
+    x, y = batch
+    tiny_net.eval()
+    points = chain(tiny_net, x, y, norm, eps, 4)
+    with torch.no_grad():
+        preds = torch.stack([tiny_net(p).argmax(1) for p in points])        # (5, B)
+        losses = torch.stack([ce_loss(tiny_net(p), y) for p in points])
+    _, correct, last_loss = pgd(tiny_net, x, y, norm, eps, n_iter=4, keep='last', return_loss=True)
+    assert torch.equal(correct, (preds == y).all(dim=0))
+    assert torch.allclose(last_loss, losses[-1], atol=1e-6)
+    best, _, best_loss = pgd(tiny_net, x, y, norm, eps, n_iter=4, keep='loss', return_loss=True)
+    assert torch.allclose(best_loss, losses.max(dim=0).values, atol=1e-6)
+    assert torch.equal(best, torch.stack(points)[losses.argmax(dim=0), torch.arange(len(y))])
+
+
+def test_pgd_default_step_is_a_quarter_of_eps_in_linf(tiny_net, batch):
+    x, y = batch
+    x = 0.25 + 0.5 * x                                  # interior: the box never clips a step of 0.02
+    x_adv, _ = pgd(tiny_net.eval(), x, y, 'linf', 0.08, n_iter=1)
+    moved = (x_adv - x).abs()
+    assert torch.allclose(moved[moved > 0], torch.tensor(0.02), atol=1e-6)
+    with pytest.raises(ValueError, match=r'^step_size must be > 0, got 0'):
+        pgd(tiny_net, x, y, 'linf', 0.08, step_size=0)
+
+
+def test_pgd_random_start_follows_its_generator(tiny_net, batch):
+    x, y = batch
+    tiny_net.eval()
+    run = lambda seed: pgd(tiny_net, x, y, 'l2', 0.5, n_iter=1, random_start=True,
+                           generator=torch.Generator().manual_seed(seed))[0]
+    assert torch.equal(run(3), run(3))
+    assert not torch.equal(run(3), run(4))
+    assert not torch.equal(run(3), pgd(tiny_net, x, y, 'l2', 0.5, n_iter=1)[0])
+
+
+def test_pgd_kl_loss_moves_away_from_its_reference(tiny_net, batch):
+    x, y = batch
+    tiny_net.eval()
+    g = torch.Generator().manual_seed(0)
+    x_adv, _, loss = pgd(tiny_net, x, y, 'linf', 0.06, n_iter=3, random_start=True, loss='kl', keep='last',
+                         return_loss=True, generator=g)
+    with torch.no_grad():
+        assert torch.allclose(loss, kl_loss(tiny_net(x_adv), y, tiny_net(x)), atol=1e-6)
+        other = torch.randn(len(y), 10, generator=torch.Generator().manual_seed(1))
+    x_o, _, loss_o = pgd(tiny_net, x, y, 'linf', 0.06, n_iter=3, random_start=True, loss='kl', keep='last',
+                         return_loss=True, generator=torch.Generator().manual_seed(0), reference=other)
+    with torch.no_grad():
+        assert torch.allclose(loss_o, kl_loss(tiny_net(x_o), y, other), atol=1e-6)
+    assert loss.mean() > 0
+    with pytest.raises(ValueError, match=r"^loss 'kl' needs random_start=True: its gradient is zero at the clean point"):
+        pgd(tiny_net, x, y, 'linf', 0.06, loss='kl')
+    with pytest.raises(ValueError, match=r"^pgd's loss must be 'ce' or 'kl', got 'KL'"):
+        pgd(tiny_net, x, y, 'linf', 0.06, loss='KL', random_start=True)
+
+
+def test_slide_skips_exactly_the_coordinates_the_box_blocks():
+    ball = make_ball('l1', 1.0)
+    x_adv = torch.full((1, 1, 10, 10), 0.5)
+    grad = torch.full((1, 1, 10, 10), 0.01)
+    # the two largest gradients point out of the box: skipped; the next ones point into it: kept
+    x_adv[0, 0, 0, :4] = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    grad[0, 0, 0, :4] = torch.tensor([-9.0, 0.9, 0.5, -0.7])   # 0.9 at a pixel of 1: blocked however small
+    grad[0, 0, 1, 0] = -5.0                                    # interior and negative: kept
+    d = steepest_direction(ball, grad, x_adv, percentile=97.0)  # keeps 3 of 100 coordinates
+    kept = d[0, 0] != 0
+    assert kept[0, 0].item() is False and kept[0, 1].item() is False
+    assert kept[1, 0] and kept[0, 3] and kept[0, 2] and int(kept.sum()) == 3
+    assert d[0, 0, 1, 0] < 0 and d[0, 0, 0, 3] < 0 and d[0, 0, 0, 2] > 0
+
+
+class TrainFlag(nn.Module):
+    """A linear model that remembers whether it ran in training mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.modes = nn.Linear(3 * 16 * 16, 10), []
+
+    def forward(self, x):
+        self.modes.append(self.training)
+        return self.fc(x.flatten(1))
+
+
+def test_attacks_run_in_eval_mode_and_give_it_back(batch):
+    x, y = batch
+    for attack in (lambda m: pgd(m, x, y, 'linf', 0.03, n_iter=2), lambda m: msd(m, x, y, {'linf': 0.03, 'l1': 3.0}, 2)):
+        model = TrainFlag().train()
+        attack(model)
+        assert model.modes and not any(model.modes) and model.training
+
+
+def test_msd_flags_take_the_clean_point_and_every_step(batch):
+    x, y = batch
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10)).eval()
+    with torch.no_grad():                       # predicts y[0] everywhere near x: right for some points only
+        model[1].weight.mul_(0.2)
+        model[1].bias.zero_()[y[0]] = 1.0
+    with torch.no_grad():
+        clean_ok = model(x).argmax(1) == y
+    assert clean_ok.any() and not clean_ok.all()
+    _, correct, _ = msd(model, x, y, {'linf': 1e-6, 'l1': 1e-6}, 2)   # steps too small to change a prediction
+    assert torch.equal(correct, clean_ok)
+    _, correct, _ = msd(model, x, y, {'linf': 0.5, 'l1': 50.0}, 8)     # large enough to break every point
+    assert not correct.any()
+    tiny_net = TinyNetLike().eval()
+    with torch.no_grad():
+        y_net = tiny_net(x).argmax(1)                                   # labels that differ from point to point
+    assert msd(tiny_net, x, y_net, {'linf': 1e-6}, 1)[1].all()
+
+
+def test_msd_uses_the_step_sizes_it_is_given(tiny_net, batch):
+    x, y = batch
+    tiny_net.eval()
+    default = msd(tiny_net, x, y, {'linf': 0.06}, 1)[0]
+    small = msd(tiny_net, x, y, {'linf': 0.06}, 1, step_sizes={'linf': 0.001})[0]
+    assert (small - x).abs().max() <= 0.001 + 1e-6 < (default - x).abs().max()
+
+
+@pytest.mark.parametrize('n_iter', [0, 2.5, True])
+def test_pgd_and_msd_check_their_arguments(tiny_net, batch, n_iter):
+    x, y = batch
+    with pytest.raises(ValueError, match='^n_iter must be an integer >= 1, got'):
+        pgd(tiny_net, x, y, 'linf', 0.03, n_iter=n_iter)
+    with pytest.raises(ValueError, match='^n_iter must be an integer >= 1, got'):
+        msd(tiny_net, x, y, {'linf': 0.03}, n_iter)
+    with pytest.raises(ValueError, match=r"^eps must name at least one threat model, e.g. \{'linf': 8/255, 'l1': 12\}"):
+        msd(tiny_net, x, y, {}, 1)
+
+
+class Flicker(nn.Module):
+    """A linear model whose bias, on its second forward only, strongly favours the class after
+    the label: the attack's first iterate is misclassified with a very high loss, every other
+    point is classified correctly. Flags and kept points can then be checked by construction."""
+
+    def __init__(self, y):
+        super().__init__()
+        self.fc, self.y, self.calls = nn.Linear(3 * 16 * 16, 10), y, 0
+        with torch.no_grad():
+            self.fc.weight.mul_(1e-3)
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        self.calls += 1
+        bias = torch.zeros(len(x), 10)
+        bias[torch.arange(len(x)), self.y] = 5.0
+        if self.calls == 2:
+            bias[torch.arange(len(x)), (self.y + 1) % 10] = 50.0
+        return self.fc(x.flatten(1)) + bias
+
+
+def test_pgd_flag_and_kept_point_when_only_one_iterate_is_misclassified(batch):
+    x, y = batch
+    torch.manual_seed(0)
+    for keep in ('last', 'loss'):
+        model = Flicker(y)
+        x_adv, correct, loss = pgd(model, x, y, 'linf', 0.03, n_iter=3, keep=keep, return_loss=True)
+        assert not correct.any()                     # wrong at iterate 1, right at iterates 0, 2, 3
+        if keep == 'loss':
+            assert (loss > 40).all()                 # the loss of iterate 1, the highest
+        else:
+            assert (loss < 1).all()                  # the loss of iterate 3, the last
+
+
+def test_msd_flag_when_only_one_iterate_is_misclassified(batch):
+    x, y = batch
+    torch.manual_seed(0)
+    # MSD's forwards: x, then per iteration one per norm and one for the gradient; forward 2 is a candidate
+    _, correct, _ = msd(Flicker(y), x, y, {'linf': 0.03}, 3)
+    assert not correct.any()
+
+
+def test_default_budgets_are_ten_steps(tiny_net, batch):
+    from conftest import CountingModel
+    x, y = batch
+    model = CountingModel(tiny_net.eval())
+    pgd(model, x, y, 'linf', 0.03)
+    assert model.n_forward == 10 + 1
+    model.n_forward = 0
+    msd(model, x, y, {'linf': 0.03, 'l1': 3.0})
+    assert model.n_forward == 1 + 10 * 2 + 9        # clean, 2 candidates per step, 9 gradient points
