@@ -29,6 +29,27 @@ class CountingModel(nn.Module):
         return self.model(x)
 
 
+class Flicker(nn.Module):
+    """A linear model whose bias, on its second forward only, strongly favours the class after
+    the label: the attack's first iterate is misclassified with a very high loss, every other
+    point is classified correctly. Flags and kept points can then be checked by construction."""
+
+    def __init__(self, y):
+        super().__init__()
+        self.fc, self.y, self.calls = nn.Linear(3 * 16 * 16, 10), y, 0
+        with torch.no_grad():
+            self.fc.weight.mul_(1e-3)
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        self.calls += 1
+        bias = torch.zeros(len(x), 10)
+        bias[torch.arange(len(x)), self.y] = 5.0
+        if self.calls == 2:
+            bias[torch.arange(len(x)), (self.y + 1) % 10] = 50.0
+        return self.fc(x.flatten(1)) + bias
+
+
 @pytest.fixture
 def tiny_net():
     torch.manual_seed(0)

@@ -2,7 +2,7 @@
 and restarts that keep only the examples still robust."""
 import pytest
 import torch
-from conftest import TinyNet
+from conftest import CountingModel, Flicker, TinyNet
 
 from eatai.attacks import APGDConfig, apgd
 from eatai.attacks.guards import check_batch
@@ -98,7 +98,6 @@ def test_targeted_restarts_keep_their_targets(tiny_net, batch):
 
 
 def test_apgd_flags_an_example_misclassified_at_any_iterate(batch):
-    from test_pgd_rules import Flicker
     x, y = batch
     torch.manual_seed(0)
     _, correct = apgd(Flicker(y), x, y, 'linf', 0.03, 3)    # wrong at iterate 1 only
@@ -108,7 +107,6 @@ def test_apgd_flags_an_example_misclassified_at_any_iterate(batch):
 
 
 def test_more_apgd_edges(tiny_net, batch):
-    from conftest import CountingModel
     from eatai.attacks.losses import get_loss
     x, y = batch
     tiny_net.eval()

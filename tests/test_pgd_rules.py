@@ -4,7 +4,7 @@ generator, the TRADES (KL) loss and its reference, SLIDE's blocked coordinates, 
 the argument checks."""
 import pytest
 import torch
-from conftest import TinyNet as TinyNetLike
+from conftest import CountingModel, Flicker, TinyNet
 from torch import nn
 
 from eatai.attacks.losses import ce_loss, kl_loss
@@ -128,10 +128,10 @@ def test_msd_flags_take_the_clean_point_and_every_step(batch):
     assert torch.equal(correct, clean_ok)
     _, correct, _ = msd(model, x, y, {'linf': 0.5, 'l1': 50.0}, 8)     # large enough to break every point
     assert not correct.any()
-    tiny_net = TinyNetLike().eval()
+    net = TinyNet().eval()
     with torch.no_grad():
-        y_net = tiny_net(x).argmax(1)                                   # labels that differ from point to point
-    assert msd(tiny_net, x, y_net, {'linf': 1e-6}, 1)[1].all()
+        y_net = net(x).argmax(1)                                   # labels that differ from point to point
+    assert msd(net, x, y_net, {'linf': 1e-6}, 1)[1].all()
 
 
 def test_msd_uses_the_step_sizes_it_is_given(tiny_net, batch):
@@ -151,27 +151,6 @@ def test_pgd_and_msd_check_their_arguments(tiny_net, batch, n_iter):
         msd(tiny_net, x, y, {'linf': 0.03}, n_iter)
     with pytest.raises(ValueError, match=r"^eps must name at least one threat model, e.g. \{'linf': 8/255, 'l1': 12\}"):
         msd(tiny_net, x, y, {}, 1)
-
-
-class Flicker(nn.Module):
-    """A linear model whose bias, on its second forward only, strongly favours the class after
-    the label: the attack's first iterate is misclassified with a very high loss, every other
-    point is classified correctly. Flags and kept points can then be checked by construction."""
-
-    def __init__(self, y):
-        super().__init__()
-        self.fc, self.y, self.calls = nn.Linear(3 * 16 * 16, 10), y, 0
-        with torch.no_grad():
-            self.fc.weight.mul_(1e-3)
-            self.fc.bias.zero_()
-
-    def forward(self, x):
-        self.calls += 1
-        bias = torch.zeros(len(x), 10)
-        bias[torch.arange(len(x)), self.y] = 5.0
-        if self.calls == 2:
-            bias[torch.arange(len(x)), (self.y + 1) % 10] = 50.0
-        return self.fc(x.flatten(1)) + bias
 
 
 def test_pgd_flag_and_kept_point_when_only_one_iterate_is_misclassified(batch):
@@ -196,7 +175,6 @@ def test_msd_flag_when_only_one_iterate_is_misclassified(batch):
 
 
 def test_default_budgets_are_ten_steps(tiny_net, batch):
-    from conftest import CountingModel
     x, y = batch
     model = CountingModel(tiny_net.eval())
     pgd(model, x, y, 'linf', 0.03)

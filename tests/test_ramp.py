@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 from fastai.callback.core import Callback
+from conftest import CountingModel
 from test_training import tiny_dls, tiny_learner
 
 from eatai.all import RAMP, TRADES, set_adversary
@@ -143,34 +144,22 @@ def test_schemes_with_their_own_loss_refuse_trades_before_training(scheme):
     assert count.n == 0 and all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters()))
 
 
-class Forwards(torch.nn.Module):
-    """Counts the forward passes through a model."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.n = model, 0
-
-    def forward(self, x):
-        self.n += 1
-        return self.model(x)
-
-
 def test_eat_pair_attacks_the_drawn_norm_fully_and_its_partner_cheaply():
     from eatai.all import AttackSettings, EATPair
     learn = tiny_learner(tiny_dls(n_train=16, bs=16))
-    model = Forwards(learn.model)
+    model = CountingModel(learn.model)
     settings = AttackSettings.build(n_iter=5)
     strategy = EATPair(partner_iter=2, seed=0)
     x, y = (t.as_subclass(torch.Tensor) for t in learn.dls.one_batch())   # plain tensors, as in training
     drawn = set()
     for _ in range(6):
-        model.n = 0
+        model.n_forward = 0
         before = {n: m.count for n, m in strategy.rerr.items()}
         batch = strategy.perturb(settings, model, x, y)
         norm, b = batch.norm, len(x)
         drawn.add(norm)
         partner = 'l1' if norm == 'linf' else 'linf'
-        assert model.n == (5 + 1) + (2 + 1)                     # APGD runs n_iter + 1 forwards
+        assert model.n_forward == (5 + 1) + (2 + 1)                     # APGD runs n_iter + 1 forwards
         assert len(batch.x) == 2 * b and torch.equal(batch.y, torch.cat([y, y]))
         assert make_ball('linf', settings.eps['linf']).contains(x, batch.x[:b]).all()   # l-inf points first
         assert make_ball('l1', settings.eps['l1']).contains(x, batch.x[b:]).all()

@@ -49,7 +49,24 @@ def _check_pair(pair) -> tuple:
     return q, r
 
 
-class RAMP(Strategy):
+class _RampLoss:
+    """What RAMP and EATPair share: lam with its per-recipe default, and the running KL term."""
+    LAM_SCRATCH, LAM_FINETUNE = 5.0, 0.5
+
+    @property
+    def lam_value(self) -> float:
+        """The lam in use: the given one, or the recipe's default."""
+        return self.default_lam if self.lam is None else float(self.lam)
+
+    def set_mode(self, finetune):
+        self.default_lam = self.LAM_FINETUNE if finetune else self.LAM_SCRATCH
+
+    def _record_kl(self, l_kl: torch.Tensor) -> None:
+        self._kl_sum += l_kl.item()
+        self._kl_batches += 1
+
+
+class RAMP(_RampLoss, Strategy):
     """RAMP: APGD in both norms of `pair` = (q, r) for every batch, and the training loss
     L_max + lam * KL(p_q || p_r) (`ramp_loss`), on the points of both norms in one forward of 2B.
 
@@ -60,7 +77,6 @@ class RAMP(Strategy):
     Gradient projection, the rest of RAMP from scratch, is a separate callback.
     """
     name, attack_method, one_norm_per_batch, accepts_loss = 'ramp', 'apgd', False, False
-    LAM_SCRATCH, LAM_FINETUNE = 5.0, 0.5
 
     def __init__(self, lam: float | None = None, pair=('linf', 'l1')):
         _check_lam(lam)
@@ -73,14 +89,6 @@ class RAMP(Strategy):
     @property
     def robust_keys(self):
         return self.pair + ('union',)
-
-    @property
-    def lam_value(self) -> float:
-        """The lam in use: the given one, or the recipe's default."""
-        return self.default_lam if self.lam is None else float(self.lam)
-
-    def set_mode(self, finetune):
-        self.default_lam = self.LAM_FINETUNE if finetune else self.LAM_SCRATCH
 
     def set_epoch(self, epoch):
         self._wins, self._seen = torch.zeros(2, dtype=torch.long), 0
@@ -98,8 +106,7 @@ class RAMP(Strategy):
         loss, winner, l_kl = ramp_loss(pred[:b], pred[b:], y, self.lam_value)
         self._wins += torch.bincount(winner, minlength=2).cpu()
         self._seen += b
-        self._kl_sum += l_kl.item()
-        self._kl_batches += 1
+        self._record_kl(l_kl)
         return loss
 
     def stats(self):
@@ -124,7 +131,7 @@ class RAMP(Strategy):
         return f"RAMP(lam={self.lam}, pair={self.pair})"
 
 
-class EATPair(EAT):
+class EATPair(_RampLoss, EAT):
     """E-AT with a RAMP-style pairing term against a cheap partner (eatai's own variant, not from a paper).
 
     Per batch: the norm p of {l-inf, l1} drawn as E-AT draws it (eq. 6) and attacked with the full
@@ -136,7 +143,6 @@ class EATPair(EAT):
     lam=None: RAMP's defaults (5 from scratch, 0.5 fine-tuning).
     """
     name, accepts_loss = 'eat-pair', False
-    LAM_SCRATCH, LAM_FINETUNE = RAMP.LAM_SCRATCH, RAMP.LAM_FINETUNE
 
     def __init__(self, lam: float | None = None, partner_iter: int = 1, beta: float | None = None,
                  seed: int | None = None):
@@ -147,13 +153,6 @@ class EATPair(EAT):
         self.lam, self.partner_iter, self.default_lam = lam, partner_iter, self.LAM_SCRATCH
         self.stat_names = tuple(f'prob_{n}' for n in self.norms) + ('kl',)
         self._kl_sum, self._kl_batches = 0.0, 0
-
-    @property
-    def lam_value(self) -> float:
-        return self.default_lam if self.lam is None else float(self.lam)
-
-    def set_mode(self, finetune):
-        self.default_lam = self.LAM_FINETUNE if finetune else self.LAM_SCRATCH
 
     def set_epoch(self, epoch):
         self._kl_sum, self._kl_batches = 0.0, 0
@@ -172,8 +171,7 @@ class EATPair(EAT):
     def _loss(self, pred, y):
         b = len(y)
         loss, _, l_kl = ramp_loss(pred[:b], pred[b:], y, self.lam_value)
-        self._kl_sum += l_kl.item()
-        self._kl_batches += 1
+        self._record_kl(l_kl)
         return loss
 
     def stats(self):
