@@ -28,11 +28,13 @@ if module not in tables:
 spec = tables[module]
 tests = os.environ.get('MUTATION_TESTS', '').split() or spec['tests']   # MUTATION_TESTS: another subset
 tests = [t for t in tests if (path.parent / t).exists()]
+# tests too slow to run once per mutant, covered by faster ones (e.g. a subprocess killed with -9)
+deselect = [arg for node in spec.get('deselect', []) for arg in ('--deselect', node)]
 # drop the project's [tool.mutmut] table and put this module's in its place
 text = re.sub(r'\n\[tool\.mutmut\]\n.*?(?=\n\[)', '\n', text, flags=re.S)
 text += ('\n[tool.mutmut]\nsource_paths = ["eatai/"]\n'
          f'only_mutate = {json.dumps(spec["only_mutate"])}\n'
-         'pytest_add_cli_args = ["-p", "no:cacheprovider"]\n'
+         f'pytest_add_cli_args = {json.dumps(["-p", "no:cacheprovider", *deselect])}\n'
          'process_isolation = "forkserver"\n'
          f'pytest_add_cli_args_test_selection = {json.dumps(tests)}\n')
 path.write_text(text)

@@ -22,6 +22,7 @@ from ._io import atomic_torch_save
 from .attacks import check_model_outputs
 from .callbacks import AdaptiveProgress, AdversarialTraining
 from .data import check_dls
+from .data.loaders import first_batch
 from .evaluate import EvalBudget, RobustResult, check_n, evaluate_robustness
 from .models import Normalized, load_model, load_weights
 from .models.zoo import is_zoo_id
@@ -117,6 +118,9 @@ _LEARNER_KWARGS = set(inspect.signature(Learner.__init__).parameters) - {'self',
 
 def _as_model(arch, n_classes: int, mean, std, weights, model_kwargs: dict) -> nn.Module:
     if isinstance(arch, nn.Module):
+        if (mean is None) != (std is None):   # a named arch takes the missing one from its config
+            raise ValueError(f"mean and std go together (the normalisation in front of the model): give both or "
+                             f"neither, got mean={mean!r}, std={std!r}")
         if model_kwargs:
             raise TypeError(f"robust_learner got {sorted(model_kwargs)}, which are neither Learner arguments nor "
                             "used for a model given as an nn.Module")
@@ -160,7 +164,7 @@ def robust_learner(dls, arch, mean=None, std=None, weights=None, dataset: str = 
     learn = RobustLearner(dls, model, loss_func=loss_func or CrossEntropyLossFlat(),
                           opt_func=opt_func or default_opt_func(model), metrics=metrics, **learner_kwargs)
     if check_data:   # probabilities instead of logits, randomness in eval mode: warnings
-        xb = dls.valid.one_batch()[0][:32].as_subclass(torch.Tensor)
+        xb = first_batch(dls.valid)[0][:32].as_subclass(torch.Tensor)
         check_model_outputs(model.to(xb.device), xb)
     learn.threat_dataset = dataset
     _use_adaptive_progress(learn)

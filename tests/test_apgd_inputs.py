@@ -139,3 +139,78 @@ def test_restarts_with_keep_loss_never_turn_a_broken_example_robust(tiny_net, ba
     _, one = apgd(tiny_net, x, y, 'linf', 0.07, 1, **opts)
     _, many = apgd(tiny_net, x, y, 'linf', 0.07, 1, n_restarts=20, **opts)
     assert not (many & ~one).any() and (one & ~many).any()
+
+
+class LowLossFlicker(Flicker):
+    """Misclassified, narrowly and with a low loss, at the attack's first iterate only (its second
+    forward); correct everywhere else with a higher loss (logit 0.1 for the label, about 0 elsewhere).
+    A small conv net adds a gradient whose direction changes between iterates, so the iterates
+    differ. Records its inputs."""
+
+    def __init__(self, y):
+        super().__init__(y)
+        torch.manual_seed(0)
+        self.net = TinyNet().eval()
+
+    def forward(self, x):
+        self.calls += 1
+        self.inputs = getattr(self, 'inputs', []) + [x.detach().clone()]
+        bias = torch.zeros(len(x), 10)
+        rows = torch.arange(len(x))
+        bias[rows, self.y] = 5.0 if self.calls == 2 else 0.1
+        if self.calls == 2:
+            bias[rows, (self.y + 1) % 10] = 5.2
+        return 0.01 * self.net(x) + bias
+
+
+def test_keep_misclassified_returns_the_misclassified_iterate_not_the_highest_loss(batch):
+    x, y = batch
+    model = LowLossFlicker(y)
+    x_adv, correct = apgd(model, x, y, 'linf', 0.03, 3, keep='misclassified')
+    assert not correct.any()
+    assert torch.equal(x_adv, model.inputs[1])                   # iterate 1, the only misclassified one
+    assert not any(torch.equal(x_adv, other) for other in (model.inputs[0], *model.inputs[2:]))
+    x_best, _ = apgd(LowLossFlicker(y), x, y, 'linf', 0.03, 3)    # keep='loss': another iterate
+    assert not torch.equal(x_best, model.inputs[1])
+
+
+class Constant(torch.nn.Module):
+    """Predicts class 0 everywhere (a zero input gradient); counts the examples it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = 0
+
+    def forward(self, x):
+        self.seen += len(x)
+        logits = torch.zeros(len(x), 10) + 0 * x.flatten(1)[:, :10]
+        logits[:, 0] = 1.0
+        return logits
+
+
+def test_restarts_go_on_while_a_single_example_is_robust(batch):
+    """keep='misclassified': each restart attacks the examples still robust, down to a single one."""
+    x, _ = batch
+    y = torch.tensor([0, 1, 2, 3, 4, 5])          # only example 0 is (and stays) robust
+    model = Constant()
+    _, correct = apgd(model, x, y, 'linf', 0.03, 2, n_restarts=3, random_start=True, keep='misclassified', seed=0)
+    assert correct.tolist() == [True] + [False] * 5
+    assert model.seen == 3 * 6 + 2 * 3 * 1         # first run: 3 forwards of 6; two restarts: 3 forwards of 1
+
+
+class RecordsGrad(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.needs_grad = model, []
+
+    def forward(self, x):
+        self.needs_grad.append(x.requires_grad)
+        return self.model(x)
+
+
+def test_every_iterate_but_the_last_gets_a_gradient(tiny_net, batch):
+    """n_iter + 1 forwards, n_iter input gradients: none at the final iterate, which takes no step."""
+    x, y = batch
+    model = RecordsGrad(tiny_net.eval())
+    apgd(model, x, y, 'l2', 0.5, 5)
+    assert model.needs_grad == [True] * 5 + [False]

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from eatai.attacks import apgd
-from eatai.attacks.schedules import AttackState, OscillationSchedule
+from eatai.attacks.schedules import AttackState, OscillationSchedule, SparsitySchedule
 
 
 def drive(schedule, losses):
@@ -90,6 +90,29 @@ def test_stagnation_halves_only_unreduced_examples_without_progress():
     steps, _ = drive(OscillationSchedule(100), _stagnation_trace())
     assert steps[21].tolist() == [1.0, 1.0, 0.5]        # first checkpoint: only the flat one
     assert steps[40].tolist() == [0.5, 1.0, 0.5]        # second checkpoint: the stagnating one
+
+
+def test_l1_schedule_checks_every_period_and_floors_the_step():
+    """APGD-l1 (N = 100): a checkpoint every 4 iterations (0.04 N); the step is reset to eps when the
+    best point got sparser by more than 5% (strictly: AutoAttack's `< .95`), else divided by 1.5,
+    never below eps / 10; the sparsity keeps the input's dtype."""
+    d = 20
+    x = torch.zeros(2, d, dtype=torch.float64)
+    best = x.clone()
+    best[0, :19] = 0.1     # 19 of 20 nonzero: exactly 95%, so not sparser
+    best[1, :10] = 0.1     # 10 of 20: sparser
+    state = AttackState(x_adv=x.clone(), grad=x.clone(), loss=torch.zeros(2, dtype=torch.float64), x_best=best,
+                        grad_best=x.clone(), loss_best=torch.zeros(2, dtype=torch.float64),
+                        step_size=torch.ones(2, 1, dtype=torch.float64))
+    schedule = SparsitySchedule(100, init_sparsity=0.05)
+    schedule.start(x, state, 1.0)
+    for k in range(1, 41):
+        schedule.update(state)
+        checks = k // 4
+        expected = [max(1.5 ** -checks, 0.1), max(1.5 ** -max(checks - 1, 0), 0.1)]
+        assert state.step_size[:, 0].tolist() == pytest.approx(expected), k
+    assert state.sparsity.dtype == torch.float64
+    assert state.sparsity.tolist() == pytest.approx([19 / d / 1.5, 10 / d / 1.5])
 
 
 # ---- restarts -------------------------------------------------------------------------------------------

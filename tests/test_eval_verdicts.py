@@ -9,6 +9,7 @@ from pyautoattack import AutoAttack
 from torch import nn
 
 from eatai import evaluate
+from eatai._eval_progress import _WHAT
 from eatai.budget import ATTACKS
 from eatai.evaluate import APGDSettings, EvalBudget, evaluate_robustness
 
@@ -217,3 +218,70 @@ def test_entry_points_take_autoattack_and_refuse_bad_input(tmp_path, capsys):
         learn.robust_eval(n=2, budget='autoatack', progress=False)
     with pytest.raises(ValueError, match='n=501 is larger than the data: it holds 500'):
         learn.robust_eval(n=501, budget='quick', progress=False)
+
+
+@pytest.mark.parametrize('n_iter', [5, 50, 200])
+def test_other_iteration_counts_get_autoattacks_step_size_checkpoints(n_iter):
+    """APGD's checkpoints are derived from n_iter when AutoAttack builds it: a budget with another
+    n_iter must get the ones a fresh APGD with that n_iter has (0.22 N, 0.06 N, 0.03 N, each >= 1)."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    from eatai.threats import ThreatModel
+    settings = APGDSettings(n_iter=n_iter)
+    budget = EvalBudget('custom', linf=settings, l2=settings, l1=settings)
+    aa = evaluate._autoattack(nn.Identity(), ThreatModel('linf', 8 / 255), budget, 'apgd-ce', 10, 0, 'cpu', None)
+    fresh = APGDAttack(nn.Identity(), n_iter=n_iter, norm='Linf', eps=8 / 255, device='cpu')
+    fields = ('n_iter', 'n_iter_2', 'n_iter_min', 'size_decr')
+    assert [getattr(aa.apgd, k) for k in fields] == [getattr(fresh, k) for k in fields]
+
+
+def test_an_evaluation_without_progress_prints_nothing(capsys):
+    """progress=False, the default of the function (robust_eval and the CLI turn it on)."""
+    model, x, y = softmax_regression(n=8, n_flipped=0)
+    result = evaluate_robustness(model, x, y, threats='linf:8/255', budget='quick', bs=4)
+    out = capsys.readouterr()
+    assert out.out == '' and out.err == ''
+    assert result.notes == []                 # AutoAttack runs quietly: its verbose log would land in the notes
+
+
+@pytest.mark.parametrize('change, what', [(dict(budget='standard'), 'budget'), (dict(seed=1), 'seed'),
+                                          (dict(bs=3), 'bs'), (dict(union_only=True), 'union_only'),
+                                          (dict(name='another'), 'model')])
+def test_resume_file_of_another_evaluation_is_refused_and_defaults_are_recorded(tmp_path, change, what):
+    """Each argument that changes the verdicts is in the resume file's fingerprint; so are the defaults
+    (seed 0, bs 250): a file written with them spelled out serves a call that leaves them out."""
+    model, x, y = softmax_regression(n=6, n_flipped=1)
+    path = tmp_path / 'eval.json'
+    kw = dict(threats=['linf:1/255'], budget='quick', name='net', resume_file=path, progress=False)
+    first = evaluate_robustness(model, x, y, seed=0, bs=250, union_only=False, **kw)
+    assert evaluate_robustness(model, x, y, **kw).flags == first.flags
+    with pytest.raises(ValueError, match=f"holds the progress of another evaluation \\(other {_WHAT[what]}\\)"):
+        evaluate_robustness(model, x, y, **{**kw, **change})
+
+
+def test_single_examples_and_refusals():
+    model, x, y = softmax_regression(n=2, n_flipped=0)
+    one = evaluate_robustness(model, x[:1], y[:1], threats='linf:1/255', budget='quick')
+    assert one.n == 1 and set(one.seconds) == {'linf:1/255'} and one.seconds['linf:1/255'] >= 0
+    with pytest.raises(ValueError, match='^x holds no examples$'):
+        evaluate_robustness(model, x[:0], y[:0], threats='linf:1/255')
+    with pytest.raises(ValueError, match="^bs must be an integer >= 1, got 0$"):
+        evaluate_robustness(model, x, y, threats='linf:1/255', bs=0)
+    with pytest.raises(ValueError, match="^threats is empty: give at least one threat model such as 'linf:8/255'$"):
+        evaluate_robustness(model, x, y, threats=[])
+
+
+def test_progress_shows_one_line_per_threat_and_attack_in_a_file(capsys):
+    model, x, y = softmax_regression(n=4, n_flipped=0)
+    evaluate_robustness(model, x, y, threats='linf:1/255', budget='standard', bs=2, progress=True)
+    printed = capsys.readouterr()
+    assert 'linf:1/255 apgd-ce' in printed.out + printed.err
+
+
+def test_fab_targets_fit_a_model_with_few_classes():
+    """FAB-T tries at most the other classes: 3 targets for a 4-class model, AutoAttack's 9 for 10 or more."""
+    from eatai.threats import ThreatModel
+    budget = EvalBudget.from_name('autoattack')
+    for n_classes, targets in ((4, 3), (10, 9), (100, 9)):
+        aa = evaluate._autoattack(nn.Identity(), ThreatModel('linf', 8 / 255), budget, 'fab-t', n_classes, 0, 'cpu', None)
+        assert aa.fab.n_target_classes == targets and aa.apgd_targeted.n_target_classes == min(9, n_classes - 1)

@@ -68,6 +68,26 @@ def test_model_checks_warn_about_softmax_and_randomness_at_the_callers_line():
     assert warned(dropout, x) == [] and dropout.training               # checked in eval mode, train mode given back
 
 
+
+class Alternating(nn.Module):
+    """Constant logits `level`, shifted by +delta on odd calls and -delta on even ones."""
+
+    def __init__(self, level, delta):
+        super().__init__()
+        self.level, self.delta, self.calls = level, delta, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return torch.full((len(x), 10), self.level) + (self.delta if self.calls % 2 else -self.delta)
+
+
+@pytest.mark.parametrize('level, delta, warns', [
+    (0.0, 2e-6, False), (0.0, 2e-5, True),         # near zero: 1e-5 absolute (fp32 reductions in another order)
+    (100.0, 2.5e-3, False), (100.0, 1e-2, True),   # large logits: 1e-4 relative
+])
+def test_randomness_tolerance_is_absolute_near_zero_and_relative_above(level, delta, warns):
+    assert bool(warned(Alternating(level, delta), torch.rand(2, 3, 4, 4))) == warns
+
 def test_zero_gradients_are_counted_per_example():
     grad = torch.randn(3, 3, 4, 4)
     grad[1] = 0

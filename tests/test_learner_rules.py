@@ -5,11 +5,13 @@ import torch
 from fastai.callback.progress import ProgressCallback
 from fastai.losses import CrossEntropyLossFlat
 from test_training import tiny_dls, tiny_learner
+from test_zoo import cache, server, tiny_checkpoint, tiny_entry, zoo  # noqa: F401  fixtures
 from torch import nn
 
 from eatai.all import AdaptiveProgress, Normalized, arrays_dls, paper_sgd, robust_learner, set_adversary, transformer_adamw
 from eatai.learner import default_opt_func
 from eatai.models.cifar_cnn import CifarCNN
+from eatai.zoo import NO_NORM, register_entry
 
 
 def three_class_dls():
@@ -136,3 +138,31 @@ def test_robust_eval_refuses_an_empty_dataloader():
     learn = tiny_learner(tiny_dls(n_train=16, bs=16))
     with pytest.raises(ValueError, match='^the DataLoader yielded no batches'):
         learn.robust_eval(n=4, dl=[], progress=False)
+
+
+def test_plain_pytorch_dataloaders_and_mean_without_std():
+    """fastai takes DataLoaders of plain PyTorch loaders (no `c`, no `one_batch`): so does robust_learner.
+    A module given with a mean and no std is refused (a named arch takes the other from its config)."""
+    from fastai.data.core import DataLoaders
+    from torch.utils.data import DataLoader, TensorDataset
+    g = torch.Generator().manual_seed(0)
+    ds = TensorDataset(torch.rand(8, 3, 32, 32, generator=g), torch.arange(8))
+    dls = DataLoaders(DataLoader(ds, batch_size=4), DataLoader(ds, batch_size=4))
+    model = CifarCNN(width=4)
+    assert robust_learner(dls, model).model is model
+    with pytest.raises(ValueError, match=r"^mean and std go together \(the normalisation in front of the model\): "
+                                         r"give both or neither, got mean=\(0\.5, 0\.5, 0\.5\), std=None"):
+        robust_learner(dls, model, mean=(0.5,) * 3)
+
+
+def test_a_zoo_id_shared_across_datasets_loads_the_learners_datasets_model(server, cache, zoo):
+    """RobustBench reuses ids across datasets: robust_learner's `dataset` picks the entry."""
+    folder, base = server
+    weights = {name: tiny_checkpoint(folder, f'{name}.pt', seed=seed) for seed, name in enumerate(('cifar10', 'imagenet'))}
+    for name in weights:
+        register_entry(tiny_entry(f'{base}/{name}.pt', dataset=name, mean=NO_NORM[0], std=NO_NORM[1]))
+    dls = tiny_dls(n_train=16, bs=16)
+    for name, state in weights.items():
+        learn = robust_learner(dls, 'Tiny2024Test', dataset=name, progress=False)
+        assert torch.equal(learn.model.model.head.bias, state['head.bias']), name
+        assert learn.model.zoo_entry.dataset == learn.threat_dataset == name

@@ -60,6 +60,30 @@ def test_resume_after_interruption_gives_the_same_run(scheme, epoch, batch, tmp_
     assert_same(outcome(resumed), reference)
 
 
+class CrashAfterEpoch(Callback):
+    """Raises once an epoch, validation included, is over: after the end-of-epoch checkpoint."""
+    order = 99
+
+    def __init__(self, epoch):
+        self.at = epoch
+
+    def after_epoch(self):
+        if self.epoch == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize('scheme', ['eat', 'max'])
+def test_resume_from_an_epochs_end_checkpoint(scheme, tmp_path):
+    reference = outcome(finetune(scheme, []))
+    ckpt = tmp_path / 'run.pth'
+    with pytest.raises(KeyboardInterrupt):
+        finetune(scheme, [Checkpointing(ckpt, every=4), CrashAfterEpoch(0)])
+    saved = torch.load(ckpt, weights_only=False)
+    assert (saved['epoch'], saved['n_done']) == (1, 0)
+    resumed = finetune(scheme, [Checkpointing(ckpt, every=4, resume=True)])
+    assert_same(outcome(resumed), reference)
+
+
 def test_resume_refuses_a_different_run(tmp_path):
     ckpt = tmp_path / 'run.pth'
     finetune('eat', [Checkpointing(ckpt, every=2)])

@@ -78,8 +78,8 @@ class OscillationSchedule:
 class SparsitySchedule:
     """Adaptive sparsity and step size (APGD-l1)."""
 
-    def __init__(self, n_iter: int, init_sparsity: float = 0.05, step_decay: float = 1.5,
-                 min_step_ratio: float = 10.0):
+    def __init__(self, n_iter: int, init_sparsity: float, step_decay: float = 1.5, min_step_ratio: float = 10.0):
+        # init_sparsity has no default here: APGDConfig.l1_sparsity holds it (0.05, AutoAttack's)
         self.period = max(int(0.04 * n_iter), 1)
         self.init_sparsity = init_sparsity
         self.step_decay, self.min_step_ratio = step_decay, min_step_ratio

@@ -167,7 +167,10 @@ class Checkpointing(Callback):
         adv = self._adversary()
         if adv is not None:   # set_epoch at the start of the epoch reset the strategy's epoch counters
             adv.load_state_dict(state['adversary'])
-            adv.set_epoch_counts(state['adversary']['counts'])
+            if state['n_done']:
+                adv.set_epoch_counts(state['adversary']['counts'])
+            else:   # saved at the previous epoch's end: its counters are that epoch's, start this one afresh
+                adv.strategy.set_epoch(self.epoch)
         for name, cb in self._resumables().items():   # after their before_train, which started afresh
             cb.load_resume_state(state['callbacks'][name])
         for cb in [cb for cb in self.learn.cbs if isinstance(cb, _SkipDone)]:

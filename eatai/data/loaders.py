@@ -142,6 +142,11 @@ def _loader_name(i: int) -> str:
     return ('train', 'valid')[i] if i < 2 else f'loaders[{i}]'
 
 
+def first_batch(dl):
+    """The first batch of a fastai DataLoader or of a plain PyTorch one (fastai accepts both)."""
+    return dl.one_batch() if hasattr(dl, 'one_batch') else next(iter(dl))
+
+
 def check_dls(dls) -> None:
     """Raise ValueError, saying how to fix it, unless every DataLoader of `dls` yields float inputs
     in [0,1] and none applies fastai's Normalize. Draws one batch from each non-empty DataLoader."""
@@ -156,7 +161,7 @@ def check_dls(dls) -> None:
                 continue
         except TypeError:   # an iterable DataLoader of unknown length
             pass
-        b = dl.one_batch()
+        b = first_batch(dl)
         n_inp = getattr(dl, 'n_inp', 1) if isinstance(b, (tuple, list)) else 1
         for x in (b[:n_inp] if isinstance(b, (tuple, list)) else [b]):
             _check_inputs(x, _loader_name(i))
