@@ -1,5 +1,6 @@
 import pytest
 import torch
+from fastai.callback.core import Callback
 from torch import nn
 
 
@@ -48,6 +49,20 @@ class Flicker(nn.Module):
         if self.calls == 2:
             bias[torch.arange(len(x)), (self.y + 1) % 10] = 50.0
         return self.fc(x.flatten(1)) + bias
+
+
+class TrainingLosses(Callback):
+    """Each training batch's (norm trained on, loss, batch size); the recorder keeps smoothed losses.
+    The norm is read from `adversary` (an AdversarialTraining callback), None without one."""
+    order = 99
+
+    def __init__(self, adversary=None):
+        self.adversary, self.rows = adversary, []
+
+    def after_loss(self):
+        if self.training:
+            norm = None if self.adversary is None else self.adversary._batch.norm
+            self.rows.append((norm, self.learn.loss.item(), len(self.yb[0])))
 
 
 @pytest.fixture

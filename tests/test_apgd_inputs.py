@@ -3,6 +3,7 @@ and restarts that keep only the examples still robust."""
 import pytest
 import torch
 from conftest import CountingModel, Flicker, TinyNet
+from test_evaluate import ConstantModel
 
 from eatai.attacks import APGDConfig, apgd
 from eatai.attacks.guards import check_batch
@@ -174,43 +175,21 @@ def test_keep_misclassified_returns_the_misclassified_iterate_not_the_highest_lo
     assert not torch.equal(x_best, model.inputs[1])
 
 
-class Constant(torch.nn.Module):
-    """Predicts class 0 everywhere (a zero input gradient); counts the examples it sees."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = 0
-
-    def forward(self, x):
-        self.seen += len(x)
-        logits = torch.zeros(len(x), 10) + 0 * x.flatten(1)[:, :10]
-        logits[:, 0] = 1.0
-        return logits
-
-
 def test_restarts_go_on_while_a_single_example_is_robust(batch):
     """keep='misclassified': each restart attacks the examples still robust, down to a single one."""
     x, _ = batch
-    y = torch.tensor([0, 1, 2, 3, 4, 5])          # only example 0 is (and stays) robust
-    model = Constant()
+    y = torch.tensor([0, 1, 2, 3, 4, 1])          # class 0 everywhere: only example 0 is (and stays) robust
+    model, sizes = ConstantModel(), []
+    model.register_forward_pre_hook(lambda m, args: sizes.append(len(args[0])))
     _, correct = apgd(model, x, y, 'linf', 0.03, 2, n_restarts=3, random_start=True, keep='misclassified', seed=0)
     assert correct.tolist() == [True] + [False] * 5
-    assert model.seen == 3 * 6 + 2 * 3 * 1         # first run: 3 forwards of 6; two restarts: 3 forwards of 1
-
-
-class RecordsGrad(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.needs_grad = model, []
-
-    def forward(self, x):
-        self.needs_grad.append(x.requires_grad)
-        return self.model(x)
+    assert sizes == [6] * 3 + [1] * 6              # first run: 3 forwards of 6; two restarts: 3 forwards of 1
 
 
 def test_every_iterate_but_the_last_gets_a_gradient(tiny_net, batch):
     """n_iter + 1 forwards, n_iter input gradients: none at the final iterate, which takes no step."""
     x, y = batch
-    model = RecordsGrad(tiny_net.eval())
-    apgd(model, x, y, 'l2', 0.5, 5)
-    assert model.needs_grad == [True] * 5 + [False]
+    needs_grad = []
+    tiny_net.eval().register_forward_pre_hook(lambda m, args: needs_grad.append(args[0].requires_grad))
+    apgd(tiny_net, x, y, 'l2', 0.5, 5)
+    assert needs_grad == [True] * 5 + [False]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from conftest import CountingModel
+from conftest import CountingModel, TrainingLosses
 from fastai.callback.core import Callback, CancelBatchException
 from fastai.callback.fp16 import AMPMode, MixedPrecision
 from test_training import tiny_dls, tiny_learner
@@ -114,11 +114,10 @@ class AutocastSpy(Callback):
     order = 0
 
     def before_fit(self):
-        model, self.seen = self.learn.model, []
-        hook = model.register_forward_pre_hook(
+        self.seen = []
+        self.hook = self.learn.model.register_forward_pre_hook(
             lambda m, args: self.seen.append((args[0].requires_grad, torch.is_autocast_enabled('cpu'),
                                               torch.get_autocast_dtype('cpu'))))
-        self.hook = hook
 
     def after_fit(self):
         self.hook.remove()
@@ -202,22 +201,10 @@ def test_metric_columns_are_added_for_the_fit_and_removed_after():
     assert [m.name for m in quiet.learn.metrics] == ['accuracy']
 
 
-class LossSpy(Callback):
-    """Per training batch: the norm trained on, the loss and the batch size."""
-    order = 99
-
-    def __init__(self, adversary):
-        self.adversary, self.rows = adversary, []
-
-    def after_loss(self):
-        if self.training:
-            self.rows.append((self.adversary._batch.norm, self.learn.loss.item(), len(self.yb[0])))
-
-
 def test_per_norm_losses_and_frequencies_are_the_epochs_means():
     learn = tiny_learner(tiny_dls(n_train=40, bs=16))              # batches of 16, 16 and 8
     adversary = AdversarialTraining(EAT(seed=1), settings())
-    spy = LossSpy(adversary)
+    spy = TrainingLosses(adversary)
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, 1e-3, cbs=[adversary, spy])
     h = adversary.history[0]

@@ -9,6 +9,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler
 from fastai.torch_core import set_seed
+from conftest import TrainingLosses
 from test_resume import Crash
 from torch import nn
 
@@ -46,17 +47,6 @@ def adversarial(scheme='linf', cbs=(), epochs=1, dropout=0.0, bs=16):
     with learn.no_bar(), learn.no_logging():
         learn.fit_adversarial(epochs, LR, scheme=scheme, n_iter=1, cbs=list(cbs))
     return learn
-
-
-class RawLosses(Callback):
-    """Each training batch's loss and size (the recorder keeps smoothed losses)."""
-
-    def __init__(self):
-        self.rows = []
-
-    def after_loss(self):
-        if self.training:
-            self.rows.append((self.learn.loss.item(), len(self.yb[0])))
 
 
 def natural(bs=16, cbs=()):
@@ -100,7 +90,7 @@ def test_gp_epoch_matches_a_direct_computation_from_two_separate_runs():
     beta = 0.25: swapping beta and 1 - beta shows."""
     beta, snap, gp = 0.25, Snapshot(), GradientProjection(0.25)
     gp_run, plain = adversarial(cbs=[snap, gp], bs=8), adversarial(bs=8)
-    raw = RawLosses()
+    raw = TrainingLosses()
     with_gp, f_r, f_a, f_n = params(gp_run), snap.f_r, params(plain), params(natural(bs=8, cbs=[raw]))
     cosines = {}
     for name, value in with_gp.items():
@@ -119,7 +109,7 @@ def test_gp_epoch_matches_a_direct_computation_from_two_separate_runs():
     assert gp.history[0]['kept'] == sum(c > 0 for c in cosines.values()) / len(cosines)
     # the natural loss is the natural run's, averaged over its examples
     assert gp.history[0]['epoch'] == 0
-    assert gp.history[0]['nat_loss'] == pytest.approx(sum(l * n for l, n in raw.rows) / sum(n for _, n in raw.rows),
+    assert gp.history[0]['nat_loss'] == pytest.approx(sum(l * n for _, l, n in raw.rows) / sum(n for *_, n in raw.rows),
                                                       rel=1e-5)
     # the recorder saw the adversarial epoch only: the training losses are those of the run without GP
     assert gp_run.recorder.losses == plain.recorder.losses and len(plain.recorder.losses) == 8
@@ -217,7 +207,6 @@ def test_natural_copy_starts_each_epoch_from_a_copy_of_the_optimiser_state():
                             and s['grad_avg'].data_ptr() != t['grad_avg'].data_ptr() and p is not q)
     adversarial(cbs=[GradientProjection(), Look()], epochs=2)
     assert len(seen) == 5 and all(seen)   # 5 parameter tensors at epoch 1
-
 
 
 def test_frozen_parameters_are_left_alone_and_the_rest_combined():

@@ -68,7 +68,6 @@ def test_model_checks_warn_about_softmax_and_randomness_at_the_callers_line():
     assert warned(dropout, x) == [] and dropout.training               # checked in eval mode, train mode given back
 
 
-
 class Alternating(nn.Module):
     """Constant logits `level`, shifted by +delta on odd calls and -delta on even ones."""
 
@@ -87,6 +86,7 @@ class Alternating(nn.Module):
 ])
 def test_randomness_tolerance_is_absolute_near_zero_and_relative_above(level, delta, warns):
     assert bool(warned(Alternating(level, delta), torch.rand(2, 3, 4, 4))) == warns
+
 
 def test_zero_gradients_are_counted_per_example():
     grad = torch.randn(3, 3, 4, 4)
