@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from fastai.torch_core import set_seed  # noqa: E402
 
 from eatai.all import arrays_dls, load_sample, robust_learner  # noqa: E402
-from eatai.curves import agreement_tolerance  # noqa: E402
+from eatai.evaluation.curves import agreement_tolerance  # noqa: E402
 from eatai.demo import DEMO_CHECKPOINT, DemoConfig  # noqa: E402
 
 

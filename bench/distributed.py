@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from fastai.torch_core import set_seed
 
-import eatai.distributed  # noqa: F401  Learner.robust_distrib_ctx
+import eatai.callbacks.distributed  # noqa: F401  Learner.robust_distrib_ctx
 from eatai.all import arrays_dls, build_model, robust_learner
 from eatai.data import load_sample
 

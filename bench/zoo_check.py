@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from eatai.models.loading import load_weights
-from eatai.zoo import ZOO, build_zoo_model
+from eatai.models.weights import load_weights
+from eatai.models.zoo import ZOO, build_zoo_model
 from eatai.models.zoo import _filtered
 
 
@@ -89,7 +89,7 @@ def main():
             theirs = factories[key]()
         n_ours, n_theirs = (sum(p.numel() for p in m.parameters()) for m in (ours, theirs))
         try:
-            from eatai.models.loading import _strip_prefixes, _unwrap
+            from eatai.models.weights import _strip_prefixes, _unwrap
             state = _strip_prefixes(_unwrap(checkpoint_layout(key, theirs.state_dict()), key))
             load_weights(ours, _filtered(entry, state, ours.model))
             loads = 'yes'

@@ -1,7 +1,6 @@
 """`from eatai.all import *`: the public API for notebooks and scripts."""
 from fastai.torch_core import set_seed
 
-from . import distributed  # noqa: F401  registers Learner.robust_distrib_ctx (README: scale and resilience)
 from .attacks import apgd, apgd_targeted, l1_box_projection
 from .callbacks import (
            AVG,
@@ -19,18 +18,18 @@ from .callbacks import (
            make_strategy,
 )
 from .callbacks import RAMP, TRADES, EATPair, AdaptiveProgress, DecayAll, TrainingLoss
-from .curves import ModelCurves, RobustnessCurves, robustness_curves  # also patches Learner.robustness_curves
+from .callbacks import distributed  # noqa: F401  registers Learner.robust_distrib_ctx (docs: scale and resilience)
+from .callbacks.plots import plot_training_stats
 from .data import CIFAR10_CLASSES, arrays_dls, cifar10_dls, imagenet_dls, load_sample, mixed_dls, sample_dls
 from .demo import DEMO_CHECKPOINT
-from .evaluate import APGDSettings, EvalBudget, RobustResult, evaluate_robustness
+from .evaluation import (APGDSettings, AdversarialExamples, EvalBudget, LpThreat, ModelCurves, RobustnessCurves, RobustResult,
+                         Threat, adversarial_examples, evaluate_robustness, get_threat, print_results, register_threat,
+                         results_table, results_text, robustness_curves, threat_names)
 from .finetune import finetune_schedule, piecewise_schedule, set_adversary
 from .geometry import hull_covers, hull_radius, union_radius
-from .learner import RobustLearner, paper_sgd, robust_learner, transformer_adamw
+from .learner import RobustLearner, paper_sgd, robust_learner, transformer_adamw  # also Learner.robust_eval, ...
 from .models import Normalized, build_model, load_checkpoint, load_model, load_robustbench, load_weights, save_checkpoint
 from .models.zoo import get_entry, load_zoo_model, zoo_download, zoo_entries
-from .pictures import AdversarialExamples, adversarial_examples  # also patches Learner.show_adversarial
-from .plots import plot_training_stats
-from .report import print_results, results_table, results_text
 from .threats import NORMS, ThreatModel, default_threats, parse_threat
 
 __all__ = ['apgd', 'apgd_targeted', 'l1_box_projection', 'EAT', 'MAX', 'AVG', 'MSD', 'SAT', 'Switch', 'AdversarialTraining', 'AttackSettings', 'SingleNorm',
@@ -43,4 +42,4 @@ __all__ = ['apgd', 'apgd_targeted', 'l1_box_projection', 'EAT', 'MAX', 'AVG', 'M
            'ModelCurves', 'RobustnessCurves', 'robustness_curves', 'AdversarialExamples', 'adversarial_examples',
            'transformer_adamw', 'get_entry', 'load_zoo_model', 'zoo_download', 'zoo_entries',
            'Checkpointing', 'plot_training_stats', 'DEMO_CHECKPOINT', 'APGDSettings',
-           'AdaptiveProgress']
+           'AdaptiveProgress', 'Threat', 'LpThreat', 'register_threat', 'get_threat', 'threat_names']

@@ -5,9 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._args import (ArgumentParser, data_source, lp_exponent, positive_float, positive_int, radius, random_seed,
+from ._utils.args import (ArgumentParser, data_source, lp_exponent, positive_float, positive_int, radius, random_seed,
                     threat_model)
-from .budget import BUDGETS
+from .evaluation.budget import BUDGETS
 from .threats import DEFAULT_EPS
 
 __all__ = ['main', 'build_parser']
@@ -15,7 +15,7 @@ __all__ = ['main', 'build_parser']
 
 def _demo(args) -> int:
     from .demo import DemoConfig, run_demo
-    from .report import print_results
+    from .evaluation import print_results
     config = DemoConfig(epochs=args.epochs, lr=args.lr, n_eval=args.n, n_train=args.n_train, budget=args.budget,
                         seed=args.seed)
     print(f"eatai demo: E-AT fine-tuning of the bundled l-inf-robust CNN on the bundled CIFAR-10 sample "
@@ -35,7 +35,7 @@ def _demo(args) -> int:
 def _eval(args) -> int:
     from .data import cifar10_dls, sample_dls
     from .learner import robust_learner
-    from .report import print_results
+    from .evaluation import print_results
     dls = sample_dls(bs=args.bs) if args.data == 'sample' else cifar10_dls(bs=args.bs, path=args.data)
     learn = robust_learner(dls, args.model, dataset=args.dataset)
     n = args.n if args.n is not None else min(1000, len(dls.valid_ds))
@@ -58,7 +58,7 @@ def _save_figure(fig, path) -> None:
 
 
 def _curves(args) -> int:
-    from .curves import RobustnessCurves
+    from .evaluation import RobustnessCurves
     from .data import cifar10_dls, sample_dls
     from .learner import robust_learner
     dls = sample_dls(bs=args.bs) if args.data == 'sample' else cifar10_dls(bs=args.bs, path=args.data)
@@ -97,7 +97,7 @@ def _zoo_list(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .zoo import zoo_entries
+    from .models.zoo import zoo_entries
     table = Table(title='eatai model zoo (paper: clean / l-inf / l2 / l1 / union %, 1000 points)')
     for column in ('id', 'dataset', 'threat', 'architecture', 'normalisation', 'source', 'paper', 'used by',
                    'verified', 'cached'):
@@ -113,7 +113,7 @@ def _zoo_list(args) -> int:
 
 
 def _zoo_get(args) -> int:
-    from .zoo import ZooDownloadError, file_sha256, get_entry, zoo_download
+    from .models.zoo import ZooDownloadError, file_sha256, get_entry, zoo_download
     entry = get_entry(args.id, args.dataset, args.threat)
     try:
         path = zoo_download(entry.key, progress=not args.quiet, force=args.force)

@@ -10,7 +10,7 @@ from pathlib import Path
 from fastai.torch_core import set_seed
 
 from .data import arrays_dls, load_sample
-from .evaluate import RobustResult
+from .evaluation import RobustResult
 from .learner import robust_learner
 
 __all__ = ['DEMO_CHECKPOINT', 'DemoConfig', 'DemoResult', 'run_demo']

@@ -1,4 +1,5 @@
-"""`robust_learner`: a fastai Learner over a model that takes [0,1] inputs and normalises inside."""
+"""`robust_learner`: a fastai Learner over a model that takes [0,1] inputs and normalises inside; its
+evaluation methods `robust_eval`, `robustness_curves` and `show_adversarial`."""
 from __future__ import annotations
 
 import inspect
@@ -17,16 +18,18 @@ from fastcore.basics import patch
 from torch import nn
 
 from . import finetune  # noqa: F401  registers fit_adversarial, eat_finetune, transfer_finetune
-from ._dist import is_main_process
-from ._io import atomic_torch_save
+from ._utils.dist import is_main_process
+from ._utils.io import atomic_torch_save
 from .attacks import check_model_outputs
 from .callbacks import AdaptiveProgress, AdversarialTraining
 from .data import check_dls
-from .data.loaders import first_batch
-from .evaluate import EvalBudget, RobustResult, check_n, evaluate_robustness
+from .data.loaders import first_batch, first_items
+from .evaluation import (EvalBudget, RobustnessCurves, RobustResult, adversarial_examples, check_n, evaluate_robustness,
+                         parse_threats, robustness_curves)
 from .models import Normalized, load_model, load_weights
+from .models.checkpoint import uncompiled_keys
 from .models.zoo import is_zoo_id
-from .threats import default_threats
+from .threats import NORMS, default_threats
 
 __all__ = ['RobustLearner', 'robust_learner', 'paper_sgd', 'transformer_adamw', 'default_opt_func']
 
@@ -53,6 +56,12 @@ def default_opt_func(model: nn.Module):
     return transformer_adamw() if _is_transformer(model) else paper_sgd()
 
 
+def _compiled_keys(model: nn.Module, state: dict) -> dict:
+    """Clean keys as `model` names them, '_orig_mod.' included where it is (or holds) a `torch.compile` wrapper."""
+    names = {k: n for n, k in zip(model.state_dict(), uncompiled_keys(model.state_dict()))}
+    return {names.get(k, k): v for k, v in uncompiled_keys(state).items()}
+
+
 class RobustLearner(Learner):
     """A Learner whose `save`/`load` also keep the adversarial-training state (strategy
     statistics, attack settings, per-epoch history), written atomically."""
@@ -64,7 +73,7 @@ class RobustLearner(Learner):
         path = self.path / self.model_dir / f'{file}.pth' if not Path(str(file)).suffix else Path(file)
         if not is_main_process():   # in a DDP run only rank 0 writes, as fastai's own save
             return path
-        state = {'model': get_model(self.model).state_dict()}
+        state = {'model': uncompiled_keys(get_model(self.model).state_dict())}
         if with_opt and self.opt is not None:
             state['opt'] = self.opt.state_dict()
         adversary = self._adversary()
@@ -78,7 +87,8 @@ class RobustLearner(Learner):
         state = torch.load(path, map_location=device, weights_only=False)
         if not isinstance(state, dict) or 'model' not in state:   # a bare state dict
             state = {'model': state}
-        get_model(self.model).load_state_dict(state['model'], strict=strict)
+        model = get_model(self.model)
+        model.load_state_dict(_compiled_keys(model, state['model']), strict=strict)
         if with_opt and 'opt' in state:
             if self.opt is None:
                 self.create_opt()
@@ -134,7 +144,8 @@ def _as_model(arch, n_classes: int, mean, std, weights, model_kwargs: dict) -> n
 
 
 def robust_learner(dls, arch, mean=None, std=None, weights=None, dataset: str = 'cifar10', opt_func=None,
-                   metrics=accuracy, loss_func=None, check_data: bool = True, **kwargs) -> RobustLearner:
+                   metrics=accuracy, loss_func=None, check_data: bool = True, compile=False,
+                   **kwargs) -> RobustLearner:
     """A Learner for adversarial training and robust evaluation in [0,1] pixel space.
 
     arch: an `nn.Module` taken as it is (it must accept [0,1] inputs, as RobustBench models
@@ -151,7 +162,13 @@ def robust_learner(dls, arch, mean=None, std=None, weights=None, dataset: str = 
     opt_func: default `paper_sgd()`, or `transformer_adamw()` for ViT-family models.
     Progress is shown by `AdaptiveProgress`: fastai's bars in a terminal or notebook, one line per
     epoch when standard output is a file or a pipe.
+    compile: True, or a dict of `torch.compile` options (e.g. `{'mode': 'max-autotune'}`), compiles the
+    model in place (`nn.Module.compile`): training, attack and evaluation passes run compiled while the
+    module, its train/eval flags and its state-dict keys stay as they are, so checkpoints load either way.
+    The attacks' own per-step bookkeeping stays eager (bench/compile.py says where it breaks the graph).
     """
+    if compile is not False and compile is not True and not isinstance(compile, dict):
+        raise TypeError(f"compile must be True, False or a dict of torch.compile options, got {compile!r}")
     if check_data:
         check_dls(dls)
     default_threats(dataset)  # validates the name
@@ -166,23 +183,11 @@ def robust_learner(dls, arch, mean=None, std=None, weights=None, dataset: str = 
     if check_data:   # probabilities instead of logits, randomness in eval mode: warnings
         xb = first_batch(dls.valid)[0][:32].as_subclass(torch.Tensor)
         check_model_outputs(model.to(xb.device), xb)
+    if compile is not False:   # after the checks: they run eagerly; compilation waits for the first real batch
+        model.compile(**({} if compile is True else compile))
     learn.threat_dataset = dataset
     _use_adaptive_progress(learn)
     return learn
-
-
-def _first_items(dl, n: int):
-    """The first n (x, y) of a DataLoader, concatenated on the CPU."""
-    xs, ys, count = [], [], 0
-    for xb, yb in dl:
-        xs.append(xb.detach().cpu()), ys.append(yb.detach().cpu())
-        count += len(yb)
-        if count >= n:
-            break
-    if not xs:
-        raise ValueError("the DataLoader yielded no batches")
-    x, y = torch.cat(xs)[:n], torch.cat(ys)[:n]
-    return x.as_subclass(torch.Tensor).float(), y.as_subclass(torch.Tensor).long()
 
 
 @patch
@@ -194,10 +199,43 @@ def robust_eval(self: Learner, n: int = 1000, threats=None, budget='standard', d
     AutoAttack) or 'quick' (see `evaluate_robustness`, which also explains `union_only`).
     resume_file: keep finished chunks there, so an interrupted evaluation picks up where it stopped."""
     check_n(n)
-    EvalBudget.from_name(budget)   # a typo fails before any data is read
-    x, y = _first_items(dl if dl is not None else self.dls.valid, n)
-    check_n(n, len(y))
-    threats = threats if threats is not None else default_threats(getattr(self, 'threat_dataset', 'cifar10'))
-    device = next(self.model.parameters()).device
+    EvalBudget.from_name(budget)   # a typo fails before any data is read, and so does an unknown threat
+    threats = _threats(self, threats)
+    x, y = first_items(dl if dl is not None else self.dls.valid, n)
     return evaluate_robustness(self.model, x, y, threats=threats, budget=budget, bs=bs, union_only=union_only,
-                               seed=seed, device=device, progress=progress, name=name, resume_file=resume_file)
+                               seed=seed, device=_device(self), progress=progress, name=name, resume_file=resume_file)
+
+
+@patch
+def robustness_curves(self: Learner, n: int = 500, norms=NORMS, radii=None, dl=None, n_iter: int = 100,
+                      bs: int = 250, seed: int = 0, name: str = 'model') -> RobustnessCurves:
+    """Robustness curves of the model on the first `n` validation items (see `eatai.evaluation.curves`)."""
+    x, y = first_items(dl if dl is not None else self.dls.valid, n)
+    return robustness_curves(self.model, x, y, norms=norms, radii=radii, n_iter=n_iter, bs=bs, seed=seed,
+                             device=_device(self), name=name, dataset=_dataset(self))
+
+
+@patch
+def show_adversarial(self: Learner, n: int = 8, threats=None, dl=None, n_iter: int = 20, seed: int = 0,
+                     figsize=None):
+    """Figure of `n` validation images, their adversarial versions per threat model and the amplified
+    perturbations, titled with predictions (class names from the DataLoaders' vocab)."""
+    x, y = first_items(dl if dl is not None else self.dls.valid, n)
+    vocab = getattr(self.dls, 'vocab', None)
+    classes = [str(v) for v in vocab] if vocab is not None and len(vocab) else None
+    examples = adversarial_examples(self.model, x, y, _threats(self, threats), n_iter=n_iter, seed=seed,
+                                    classes=classes, device=_device(self))
+    return examples.plot(figsize=figsize)
+
+
+def _dataset(learn: Learner) -> str:
+    return getattr(learn, 'threat_dataset', 'cifar10')
+
+
+def _device(learn: Learner) -> torch.device:
+    return next(learn.model.parameters()).device
+
+
+def _threats(learn: Learner, threats) -> list:
+    """The threats asked for, bare names with the learner's dataset's strengths; default the paper's three."""
+    return parse_threats(default_threats(_dataset(learn)) if threats is None else threats, _dataset(learn))

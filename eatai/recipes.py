@@ -17,16 +17,16 @@ from pathlib import Path
 
 from fastai.torch_core import set_seed
 
-from . import distributed  # noqa: F401  registers Learner.robust_distrib_ctx
-from ._args import (ArgumentParser, existing_dir, existing_file, non_negative_int, positive_float, positive_int,
+from .callbacks import distributed  # noqa: F401  registers Learner.robust_distrib_ctx
+from ._utils.args import (ArgumentParser, existing_dir, existing_file, non_negative_int, positive_float, positive_int,
                     random_seed, training_scheme)
-from ._dist import is_main_process
-from ._io import atomic_torch_save, atomic_write_text
-from .budget import BUDGETS
+from ._utils.dist import is_main_process
+from ._utils.io import atomic_torch_save, atomic_write_text
+from .evaluation.budget import BUDGETS
 from .callbacks import Checkpointing
 from .data import arrays_dls, cifar10_dls, load_sample
 from .learner import robust_learner
-from .report import print_results
+from .evaluation import print_results
 from .threats import DEFAULT_EPS
 
 __all__ = ['common_args', 'base_parser', 'recipe_parser', 'recipe_dls', 'recipe_model', 'run_recipe', 'SMOKE',
@@ -131,7 +131,6 @@ def _slug(text: str) -> str:
 def _save_adversarial(learn, args, path) -> None:
     """The last trained model's adversarial pictures (`show_adversarial`), beside the results JSON."""
     import matplotlib.pyplot as plt
-    from . import pictures  # noqa: F401  registers Learner.show_adversarial
     fig = learn.show_adversarial(n=8, n_iter=SMOKE.n_iter if args.smoke else 20, seed=args.seed)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,11 +1,13 @@
-"""Threat models: an l_p norm and a radius eps, measured in [0,1] pixel space."""
+"""The l_p threat models training attacks in: a norm and a radius eps, measured in [0,1] pixel space.
+
+Evaluation's threats (these, and any other registered one) live in `eatai.evaluation.registry`."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
 __all__ = ['NORMS', 'DEFAULT_EPS', 'ThreatModel', 'canonical_norm', 'parse_eps', 'parse_threat',
-           'default_threats', 'default_eps']
+           'default_threats', 'default_eps', 'format_strength', 'split_threat', 'NORM_ALIASES']
 
 NORMS = ('linf', 'l2', 'l1')  # the one place norm names are spelled
 
@@ -15,16 +17,16 @@ DEFAULT_EPS = {
     'imagenet': {'linf': 4 / 255, 'l2': 2.0, 'l1': 255.0},
 }
 
-_NORM_ALIASES = {'linf': 'linf', 'inf': 'linf', 'l_inf': 'linf', 'l-inf': 'linf', 'linfty': 'linf',
+NORM_ALIASES = {'linf': 'linf', 'inf': 'linf', 'l_inf': 'linf', 'l-inf': 'linf', 'linfty': 'linf',
                  'l2': 'l2', 'l_2': 'l2', '2': 'l2', 'l1': 'l1', 'l_1': 'l1', '1': 'l1'}
 
 
 def canonical_norm(norm: str) -> str:
     """Map a user's spelling of a norm ('Linf', 'L2', 'inf', ...) to one of `NORMS`."""
     key = str(norm).strip().lower()
-    if key not in _NORM_ALIASES:
+    if key not in NORM_ALIASES:
         raise ValueError(f"unknown norm {norm!r}: expected one of {', '.join(NORMS)}")
-    return _NORM_ALIASES[key]
+    return NORM_ALIASES[key]
 
 
 def parse_eps(text) -> float:
@@ -50,12 +52,16 @@ def _check_eps(eps: float, norm: str) -> None:
         raise ValueError(f"eps for {norm} must be a finite number > 0, got {eps!r}")
 
 
-def _fmt_eps(eps: float) -> str:
-    """Write eps back the way people write it: 8/255 rather than 0.0313725..."""
+def format_strength(eps: float) -> str:
+    """Write a radius or strength back the way people write it, exactly: 0.5, 12, 8/255 rather than
+    0.0313725..., else every digit (two strengths never share a name)."""
+    short = f"{eps:g}"
+    if float(short) == eps:
+        return short
     scaled = eps * 255
-    if abs(scaled - round(scaled)) < 1e-9 and eps < 1 and round(scaled) != 0:
+    if abs(scaled - round(scaled)) < 1e-9 and round(scaled) != 0:
         return f"{round(scaled)}/255"
-    return f"{eps:g}"
+    return repr(float(eps))
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,7 @@ class ThreatModel:
         object.__setattr__(self, 'eps', float(self.eps))
 
     def __str__(self) -> str:
-        return f"{self.norm}:{_fmt_eps(self.eps)}"
+        return f"{self.norm}:{format_strength(self.eps)}"
 
 
 def default_eps(norm: str, dataset: str = 'cifar10') -> float:
@@ -81,16 +87,22 @@ def default_eps(norm: str, dataset: str = 'cifar10') -> float:
     return DEFAULT_EPS[key][canonical_norm(norm)]
 
 
+def split_threat(text) -> tuple[str, str | None]:
+    """'linf:8/255' -> ('linf', '8/255'); also 'l1=12', 'l2 0.5'; a bare name -> (name, None)."""
+    s = str(text).strip()
+    for sep in (':', '=', ' '):
+        if sep in s:
+            name, rest = (part.strip() for part in s.split(sep, 1))
+            return name, rest
+    return s, None
+
+
 def parse_threat(text, dataset: str = 'cifar10') -> ThreatModel:
     """Read 'linf:8/255', 'l1=12', 'l2 0.5' or a bare 'l1' (the dataset's default radius)."""
     if isinstance(text, ThreatModel):
         return text
-    s = str(text).strip()
-    for sep in (':', '=', ' '):
-        if sep in s:
-            norm, eps = (part.strip() for part in s.split(sep, 1))
-            return ThreatModel(norm, parse_eps(eps))
-    return ThreatModel(s, default_eps(s, dataset))
+    norm, eps = split_threat(text)
+    return ThreatModel(norm, default_eps(norm, dataset) if eps is None else parse_eps(eps))
 
 
 def default_threats(dataset: str = 'cifar10') -> tuple[ThreatModel, ...]:

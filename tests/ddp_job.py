@@ -9,7 +9,7 @@ from fastai.torch_core import set_seed
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_training import tiny_dls, tiny_learner  # noqa: E402
 
-import eatai.distributed  # noqa: E402,F401
+import eatai.callbacks.distributed  # noqa: E402,F401
 from eatai.all import GradientProjection  # noqa: E402
 
 

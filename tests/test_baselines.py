@@ -147,7 +147,7 @@ def test_method_option_switches_baselines_to_apgd(tiny_net, batch):
 def test_plot_training_stats():
     import matplotlib
     matplotlib.use('Agg')
-    from eatai.plots import plot_training_stats
+    from eatai.callbacks.plots import plot_training_stats
     learn = tiny_learner()
     learn.fit_adversarial(2, lr=0.01, scheme='max', n_iter=1)
     ax = plot_training_stats(learn)

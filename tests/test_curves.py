@@ -12,11 +12,11 @@ matplotlib.use('Agg')
 
 from eatai.attacks import EVALUATION, apgd  # noqa: E402
 from eatai.cli import main  # noqa: E402
-from eatai.curves import (RobustnessCurves, agreement_tolerance, check_radii, minimal_perturbations,  # noqa: E402
+from eatai.evaluation.curves import (RobustnessCurves, agreement_tolerance, check_radii, minimal_perturbations,  # noqa: E402
                           robustness_curves)
 from eatai.data import arrays_dls, load_sample  # noqa: E402
 from eatai.demo import DEMO_CHECKPOINT  # noqa: E402
-from eatai.evaluate import evaluate_robustness  # noqa: E402
+from eatai.evaluation import evaluate_robustness  # noqa: E402
 from eatai.learner import robust_learner  # noqa: E402
 
 
@@ -111,9 +111,9 @@ def test_agrees_with_apgd_at_the_radius():
 
 def test_found_adversarials_are_real(monkeypatch):
     """Points whose 'adversarial' the model still classifies correctly are not counted as broken."""
-    import eatai.curves as curves_mod
+    import eatai.evaluation.lp as lp_mod   # where the l_p threats find APGD
     model, x, y = linear_problem(n=12)
-    monkeypatch.setattr(curves_mod, 'apgd', lambda model, xb, yb, *a, **k: (xb.clone(), None))
+    monkeypatch.setattr(lp_mod, 'apgd', lambda model, xb, yb, *a, **k: (xb.clone(), None))
     found = minimal_perturbations(model, x, y, 'linf', [0, 0.1])
     assert bool(torch.isinf(found[4:]).all()) and bool((found[:4] == 0).all())
 

@@ -8,7 +8,7 @@ import torch
 
 from eatai.cli import main
 from eatai.data import load_sample
-from eatai.evaluate import evaluate_robustness
+from eatai.evaluation import evaluate_robustness
 from eatai.demo import DEMO_CHECKPOINT, DemoConfig, run_demo
 from eatai.models import load_checkpoint
 

@@ -71,7 +71,7 @@ def page_settings(tmp_path, monkeypatch):
     """The names a documentation page leaves to its reader, set for a short run (see the module docstring)."""
     monkeypatch.chdir(tmp_path)                    # files a page writes land in a temporary folder
     monkeypatch.setenv('MPLBACKEND', 'Agg')
-    from eatai.evaluate import APGDSettings, EvalBudget
+    from eatai.evaluation import APGDSettings, EvalBudget
     tiny = APGDSettings(n_iter=2, n_target_classes=1)
     settings = {'data_path': str(write_cifar10_folder(tmp_path / 'cifar10')), 'epochs': 1, 'n_eval': 16,
                 'budget': EvalBudget('docs-test', linf=tiny, l2=tiny, l1=tiny)}

@@ -8,10 +8,10 @@ from conftest import softmax_regression
 from pyautoattack import AutoAttack
 from torch import nn
 
-from eatai import evaluate
-from eatai._eval_progress import _WHAT
-from eatai.budget import ATTACKS
-from eatai.evaluate import APGDSettings, EvalBudget, evaluate_robustness
+from eatai.evaluation import check_n, lp  # lp: its private _autoattack, to compare its settings with a fresh AutoAttack
+from eatai.evaluation.resume import _WHAT
+from eatai.evaluation.budget import ATTACKS
+from eatai.evaluation import APGDSettings, EvalBudget, evaluate_robustness
 
 THREATS = ['linf:8/255', 'l2:0.25', 'l1:1.5']
 # one or two steps from a random start and two restarts: the random starts decide most verdicts
@@ -139,7 +139,7 @@ def test_autoattack_budget_has_pyautoattacks_standard_settings(norm, eps):
     budget = EvalBudget.from_name('autoattack')
     assert list(budget.attacks) == ref.attacks_to_run
     for attack in budget.attacks:
-        aa = evaluate._autoattack(nn.Identity(), ThreatModel(norm, eps), budget, attack, 10, 3, 'cpu', None)
+        aa = lp._autoattack(nn.Identity(), ThreatModel(norm, eps), budget, attack, 10, 3, 'cpu', None)
         assert aa.attacks_to_run == [attack] and _settings(aa) == _settings(ref)
 
 
@@ -190,10 +190,10 @@ def test_model_returning_probabilities_is_refused():
 
 
 def test_check_n():
-    evaluate.check_n(5, 5)
+    check_n(5, 5)
     for n, match in [(6, 'larger than the data.*n <= 5'), (0, '>= 1'), (2.5, 'integer'), (True, 'integer')]:
         with pytest.raises(ValueError, match=match):
-            evaluate.check_n(n, 5)
+            check_n(n, 5)
 
 
 def test_entry_points_take_autoattack_and_refuse_bad_input(tmp_path, capsys):
@@ -229,7 +229,7 @@ def test_other_iteration_counts_get_autoattacks_step_size_checkpoints(n_iter):
     from eatai.threats import ThreatModel
     settings = APGDSettings(n_iter=n_iter)
     budget = EvalBudget('custom', linf=settings, l2=settings, l1=settings)
-    aa = evaluate._autoattack(nn.Identity(), ThreatModel('linf', 8 / 255), budget, 'apgd-ce', 10, 0, 'cpu', None)
+    aa = lp._autoattack(nn.Identity(), ThreatModel('linf', 8 / 255), budget, 'apgd-ce', 10, 0, 'cpu', None)
     fresh = APGDAttack(nn.Identity(), n_iter=n_iter, norm='Linf', eps=8 / 255, device='cpu')
     fields = ('n_iter', 'n_iter_2', 'n_iter_min', 'size_decr')
     assert [getattr(aa.apgd, k) for k in fields] == [getattr(fresh, k) for k in fields]
@@ -283,5 +283,5 @@ def test_fab_targets_fit_a_model_with_few_classes():
     from eatai.threats import ThreatModel
     budget = EvalBudget.from_name('autoattack')
     for n_classes, targets in ((4, 3), (10, 9), (100, 9)):
-        aa = evaluate._autoattack(nn.Identity(), ThreatModel('linf', 8 / 255), budget, 'fab-t', n_classes, 0, 'cpu', None)
+        aa = lp._autoattack(nn.Identity(), ThreatModel('linf', 8 / 255), budget, 'fab-t', n_classes, 0, 'cpu', None)
         assert aa.fab.n_target_classes == targets and aa.apgd_targeted.n_target_classes == min(9, n_classes - 1)

@@ -8,7 +8,7 @@ from pyautoattack import AutoAttack
 from pyautoattack.autopgd_base import APGDAttack
 from torch import nn
 
-from eatai.evaluate import APGDSettings, EvalBudget, RobustResult, evaluate_robustness
+from eatai.evaluation import APGDSettings, EvalBudget, RobustResult, evaluate_robustness
 from eatai.threats import NORMS, ThreatModel
 
 BOX_THREATS = ['linf:0.1', 'l2:0.3', 'l1:1']
@@ -258,7 +258,7 @@ def test_json_round_trip(tmp_path):
 @pytest.mark.parametrize('bad, match', [
     (dict(x=torch.rand(2, 3, 8, 8) * 2), r'\[0,1\]'),
     (dict(x=torch.randint(0, 255, (2, 3, 8, 8), dtype=torch.uint8)), 'floating'),
-    (dict(threats=['l3:1']), 'unknown norm'),
+    (dict(threats=['l3:1']), r"unknown threat 'l3': registered are .*l1, l2, linf"),
     (dict(threats=['linf:8/255', 'linf:8/255']), 'repeat'),
     (dict(threats=['linf:-1']), 'eps'),
     (dict(budget='fast'), 'budget'),

@@ -11,7 +11,7 @@ from torch import nn
 from eatai.all import AdaptiveProgress, Normalized, arrays_dls, paper_sgd, robust_learner, set_adversary, transformer_adamw
 from eatai.learner import default_opt_func
 from eatai.models.cifar_cnn import CifarCNN
-from eatai.zoo import NO_NORM, register_entry
+from eatai.models.zoo import NO_NORM, register_entry
 
 
 def three_class_dls():

@@ -13,7 +13,7 @@ from eatai.cli import main  # noqa: E402
 from eatai.data import CIFAR10_CLASSES, arrays_dls, load_sample  # noqa: E402
 from eatai.demo import DEMO_CHECKPOINT  # noqa: E402
 from eatai.learner import robust_learner  # noqa: E402
-from eatai.pictures import adversarial_examples  # noqa: E402
+from eatai.evaluation import adversarial_examples  # noqa: E402
 
 THREATS = ['linf:8/255', 'l2:0.5', 'l1:12']
 EPS = {'linf': 8 / 255, 'l2': 0.5, 'l1': 12.0}

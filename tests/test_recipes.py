@@ -12,7 +12,7 @@ import torch
 
 from eatai.data import load_sample
 from eatai.demo import DEMO_CHECKPOINT
-from eatai.evaluate import evaluate_robustness
+from eatai.evaluation import evaluate_robustness
 from eatai.models import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

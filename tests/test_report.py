@@ -6,8 +6,8 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from eatai.evaluate import EvalBudget, RobustResult, evaluate_robustness
-from eatai.report import print_results, results_table, results_text
+from eatai.evaluation import EvalBudget, RobustResult, evaluate_robustness
+from eatai.evaluation import print_results, results_table, results_text
 
 THREATS = ['linf:8/255', 'l2:0.5', 'l1:12']
 STANDARD = EvalBudget.from_name('standard').label

@@ -29,10 +29,25 @@ def test_json_round_trips_through_text_and_files(tmp_path):
 
 
 def test_check_n_takes_one_and_up_to_the_data():
-    from eatai.evaluate import check_n
+    from eatai.evaluation import check_n
     check_n(1), check_n(4, 4)                                          # the smallest n, and all of the data
     for bad in (0, -3, 1.5, True):
         with pytest.raises(ValueError, match=r'^n must be an integer >= 1, got'):
             check_n(bad)
     with pytest.raises(ValueError, match=r'^n=5 is larger than the data: it holds 4 examples; use n <= 4'):
         check_n(5, 4)
+
+
+def test_a_result_written_by_the_previous_release_still_loads():
+    """tests/fixtures/result_v0.1.0.json: `evaluate_robustness(..., union_only=True)` of the bundled checkpoint
+    on 24 sample points, written by eatai 0.1.0 before evaluation became a package."""
+    from pathlib import Path
+
+    from eatai.all import results_text
+    old = RobustResult.from_json(Path(__file__).parent / 'fixtures' / 'result_v0.1.0.json')
+    assert old.n == 24 and old.model == 'demo-cnn' and old.threats == ['linf:8/255', 'l2:0.5', 'l1:12']
+    assert old.exact == {'linf:8/255': False, 'l2:0.5': False, 'l1:12': False}
+    assert old.union == sum(old.flags['union']) / 24 == 0.25
+    assert old.flags['union'] == [all(old.flags[t][i] for t in old.threats) for i in range(24)]
+    table = results_text(old)
+    assert 'l_inf (8/255)' in table and '≤29.2' in table and '25.0' in table

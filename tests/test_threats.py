@@ -9,6 +9,7 @@ from eatai.threats import (
     canonical_norm,
     default_eps,
     default_threats,
+    format_strength,
     parse_eps,
     parse_threat,
 )
@@ -42,6 +43,12 @@ def test_str_round_trips():
         again = parse_threat(str(tm))
         assert again.norm == tm.norm and again.eps == pytest.approx(tm.eps)
     assert str(ThreatModel('linf', 8 / 255)) == 'linf:8/255'
+    # short decimals stay decimals; anything else is written exactly, so names never collide
+    assert [format_strength(e) for e in (0.2, 12, 0.5, 8 / 255, 0.5 / 255)] == ['0.2', '12', '0.5', '8/255',
+                                                                              repr(0.5 / 255)]
+    assert str(ThreatModel('l2', 0.1234561)) != str(ThreatModel('l2', 0.1234564))
+    for eps in (1 / 3, 0.5 / 255, 0.1234561, 2 / 255):
+        assert parse_threat(str(ThreatModel('linf', eps))).eps == eps
 
 
 @pytest.mark.parametrize('bad', ['l3:1', 'lmax', 'l0:5'])

@@ -1,4 +1,5 @@
-"""fastai callbacks for adversarial training (this layer may import fastai; attacks may not)."""
+"""fastai callbacks for adversarial training (this layer may import fastai; attacks may not); beside them
+`plots` (training statistics over epochs) and `distributed` (`learn.robust_distrib_ctx()`), imported on demand."""
 from .adversarial import AdversarialTraining, AttackSettings, EpochStat
 from .baselines import AVG, MAX, MSD, MultiNorm
 from .decay import DecayAll

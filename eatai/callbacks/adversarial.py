@@ -15,7 +15,7 @@ from fastcore.foundation import L
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .._dist import all_reduce_sum
+from .._utils.dist import all_reduce_sum
 from ..attacks import APGDConfig, apgd
 from ..attacks.msd import msd
 from ..attacks.pgd import pgd

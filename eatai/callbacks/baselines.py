@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .._dist import all_reduce_sum
+from .._utils.dist import all_reduce_sum
 from ..threats import NORMS
 from .strategies import AdversarialBatch, Strategy
 

@@ -41,7 +41,7 @@ from fastai.callback.core import Callback
 from fastai.callback.fp16 import AMPMode, MixedPrecision
 from fastai.torch_core import get_model
 
-from .._dist import all_reduce_mean_, all_reduce_sum
+from .._utils.dist import all_reduce_mean_, all_reduce_sum
 from .adversarial import AdversarialTraining
 
 __all__ = ['GradientProjection', 'project_update']

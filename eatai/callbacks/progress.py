@@ -5,7 +5,7 @@ from fastai.callback.progress import ProgressCallback
 from fastcore.basics import noop
 from fastprogress.fastprogress import ProgressBar
 
-from .._progress import LineMasterBar, bars_wanted
+from .._utils.progress import LineMasterBar, bars_wanted
 
 __all__ = ['AdaptiveProgress']
 

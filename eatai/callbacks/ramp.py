@@ -9,7 +9,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from .._dist import all_reduce_sum
+from .._utils.dist import all_reduce_sum
 from ..threats import NORMS, canonical_norm
 from .strategies import EAT, AdversarialBatch, Strategy
 

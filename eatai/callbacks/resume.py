@@ -20,8 +20,8 @@ import torch
 from fastai.callback.core import Callback, CancelBatchException, CancelEpochException
 from fastai.torch_core import get_model
 
-from .._dist import is_main_process
-from .._io import atomic_torch_save
+from .._utils.dist import is_main_process
+from .._utils.io import atomic_torch_save
 from .adversarial import AdversarialTraining
 
 __all__ = ['Checkpointing']

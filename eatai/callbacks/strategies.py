@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from .._dist import all_reduce_sum, broadcast_int, is_distributed
+from .._utils.dist import all_reduce_sum, broadcast_int, is_distributed
 from ..threats import NORMS, canonical_norm
 
 __all__ = ['AdversarialBatch', 'RunningMean', 'Strategy', 'SingleNorm', 'RandomNorm', 'EAT', 'SAT']

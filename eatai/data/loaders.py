@@ -13,9 +13,10 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.torch_core import TensorCategory, TensorImage, default_device
 from fastcore.basics import listify
 
+from .._utils.counts import check_n
 from .augment import PadCropFlip
 
-__all__ = ['CIFAR10_CLASSES', 'ArrayDataset', 'ArrayDL', 'arrays_dls', 'check_dls']
+__all__ = ['CIFAR10_CLASSES', 'ArrayDataset', 'ArrayDL', 'arrays_dls', 'check_dls', 'first_batch', 'first_items']
 
 CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 
@@ -145,6 +146,22 @@ def _loader_name(i: int) -> str:
 def first_batch(dl):
     """The first batch of a fastai DataLoader or of a plain PyTorch one (fastai accepts both)."""
     return dl.one_batch() if hasattr(dl, 'one_batch') else next(iter(dl))
+
+
+def first_items(dl, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n (x, y) of a DataLoader as plain tensors on the CPU; ValueError if it holds fewer."""
+    check_n(n)
+    xs, ys, count = [], [], 0
+    for xb, yb in dl:
+        xs.append(xb.detach().cpu()), ys.append(yb.detach().cpu())
+        count += len(yb)
+        if count >= n:
+            break
+    if not xs:
+        raise ValueError("the DataLoader yielded no batches")
+    x, y = torch.cat(xs)[:n], torch.cat(ys)[:n]
+    check_n(n, len(y))
+    return x.as_subclass(torch.Tensor).float(), y.as_subclass(torch.Tensor).long()
 
 
 def check_dls(dls) -> None:

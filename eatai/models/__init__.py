@@ -7,7 +7,8 @@ from . import (
            wide_resnet,  # noqa: F401
 )
 from .checkpoint import build_model, is_eatai_checkpoint, load_checkpoint, save_checkpoint
-from .loading import load_model, load_robustbench, load_state_dict_file, load_weights
+from .loading import load_model, load_robustbench
+from .weights import load_state_dict_file, load_weights
 from .normalize import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Normalized
 from .zoo import ZOO, ZooEntry, get_entry, load_zoo_model, zoo_download, zoo_entries
 

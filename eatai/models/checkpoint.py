@@ -3,13 +3,14 @@ as a torch `.pt` file (the default) or a `.safetensors` file (no pickle: tensors
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
-from .._io import atomic_torch_save, atomic_write_bytes
+from .._utils.io import atomic_torch_save, atomic_write_bytes
 from .normalize import Normalized
 from .vit_cifar import check_patch_size
 
@@ -18,6 +19,12 @@ __all__ = ['build_model', 'save_checkpoint', 'load_checkpoint', 'is_eatai_checkp
 _FORMAT = 'eatai-checkpoint-1'
 _FORMATS = ('pt', 'safetensors')
 _META_KEYS = ('format', 'arch', 'arch_kwargs', 'mean', 'std', 'meta')   # safetensors metadata: JSON strings
+_COMPILED = re.compile(r'(?:^|(?<=\.))_orig_mod\.')   # what torch.compile(module) calls the module it wraps
+
+
+def uncompiled_keys(state: dict) -> dict:
+    """`state` without the '_orig_mod.' that `torch.compile(module)` wrappers put into its keys."""
+    return {_COMPILED.sub('', k): v for k, v in state.items()}
 
 
 def build_model(arch: str, num_classes: int, mean=None, std=None, **kwargs) -> nn.Module:
@@ -68,6 +75,7 @@ def save_checkpoint(model: nn.Module, path, arch: str, arch_kwargs: dict | None 
     path = Path(path)
     format = _format_of(path, format)
     model = getattr(model, 'module', model)
+    model = getattr(model, '_orig_mod', model)   # under torch.compile(model)
     if not isinstance(model, Normalized):
         raise TypeError("save_checkpoint expects a model from build_model (a Normalized wrapper)")
     arch_kwargs = dict(arch_kwargs or {})
@@ -76,7 +84,7 @@ def save_checkpoint(model: nn.Module, path, arch: str, arch_kwargs: dict | None 
         raise ValueError("pass arch_kwargs={'num_classes': ...}: the model does not say how many classes it has")
     state = {'format': _FORMAT, 'arch': arch, 'arch_kwargs': arch_kwargs,
              'mean': model.mean.flatten().tolist(), 'std': model.std.flatten().tolist(),
-             'state_dict': {k: v.detach().cpu() for k, v in model.model.state_dict().items()},
+             'state_dict': {k: v.detach().cpu() for k, v in uncompiled_keys(model.model.state_dict()).items()},
              'meta': dict(meta or {})}
     if format == 'safetensors':
         return _save_safetensors(state, path)

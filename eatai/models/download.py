@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .._io import atomic_write_text
+from .._utils.io import atomic_write_text
 
 __all__ = ['Source', 'ZooDownloadError', 'ChecksumError', 'cache_dir', 'cached_path', 'download', 'file_sha256',
            'verify_cached']

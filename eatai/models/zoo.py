@@ -16,12 +16,14 @@ import torch
 from torch import nn
 
 from .checkpoint import build_model
-from .download import Source, cached_path, download
-from .loading import load_state_dict_file, load_weights
+from .download import ChecksumError, Source, ZooDownloadError, cache_dir, cached_path, download, file_sha256
+from .weights import load_state_dict_file, load_weights
 from .normalize import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 
+# the download names too: `eatai.models.zoo` is the zoo's one public module
 __all__ = ['ZooEntry', 'PaperResult', 'ZOO', 'zoo_entries', 'get_entry', 'register_entry', 'zoo_download',
-           'build_zoo_model', 'load_zoo_model', 'is_zoo_id', 'NO_NORM']
+           'build_zoo_model', 'load_zoo_model', 'is_zoo_id', 'NO_NORM', 'Source', 'cache_dir', 'ZooDownloadError',
+           'ChecksumError', 'file_sha256']
 
 NO_NORM = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))   # the model takes [0,1] inputs as they are
 

@@ -19,7 +19,7 @@ from fastai.learner import Learner
 from fastai.torch_core import num_distrib, rank_distrib
 from fastcore.basics import patch
 
-from ._dist import collective_device, is_distributed, is_main_process
+from .._utils.dist import collective_device, is_distributed, is_main_process
 
 __all__ = ['RobustDistributedTrainer', 'is_distributed', 'is_main_process']
 

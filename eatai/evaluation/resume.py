@@ -1,4 +1,4 @@
-"""The resume file of an evaluation: its finished chunks, and what it is the evaluation of.
+"""The resume file of an evaluation: its finished chunks, and a fingerprint of what it is the evaluation of.
 
 The fingerprint holds hashes of the inputs and of the model's weights (its state dict:
 parameters and buffers), the threats, the budget, the seed and the batch size; a file whose
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ._io import atomic_write_text
+from .._utils.io import atomic_write_text
 
 __all__ = ['Progress', 'fingerprint', 'model_digest', 'chunk_key']
 

@@ -1,5 +1,7 @@
 """Random starts drawn per point, so that a point's verdict does not depend on its batch.
 
+A threat of eatai's own draws from `point_generators` directly.
+
 pyautoattack seeds the global RNG once per attack call and draws the random starts of the
 whole (sub-)batch from it: row i's start then depends on how many points came before it
 and which. `PointStreams` is a `TorchFunctionMode` that fills every such draw row by row,
@@ -23,7 +25,7 @@ import hashlib
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ['PointStreams']
+__all__ = ['PointStreams', 'point_generators']
 
 _DRAWS = {torch.rand: torch.rand, torch.randn: torch.randn,
           torch.rand_like: torch.rand, torch.randn_like: torch.randn}
@@ -39,6 +41,17 @@ def _point_keys(x: torch.Tensor, y: torch.Tensor) -> list[str]:
     labels = y.detach().cpu().reshape(-1).tolist()
     return [hashlib.blake2b(row.tobytes() + str(label).encode(), digest_size=16).hexdigest()
             for row, label in zip(rows, labels)]
+
+
+def _seeded(key: str) -> torch.Generator:
+    """A CPU generator seeded from a hash of `key`."""
+    return torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), 'little'))
+
+
+def point_generators(salt: str, x: torch.Tensor, y: torch.Tensor) -> list[torch.Generator]:
+    """One CPU generator per row of x (N, ...), keyed to `salt` (seed, threat, attack) and the row's pixels
+    and label: a point draws the same numbers in any batch."""
+    return [_seeded(f"{salt}|{key}") for key in _point_keys(x, y)]
 
 
 def _size(func, args, kwargs) -> tuple[int, ...]:
@@ -105,8 +118,7 @@ class PointStreams(TorchFunctionMode):
     def _generator(self, key: str) -> torch.Generator:
         full = f"{self.salt}|{self.name}|{key}"
         if full not in self.generators:
-            seed = int.from_bytes(hashlib.blake2b(full.encode(), digest_size=8).digest(), 'little')
-            self.generators[full] = torch.Generator().manual_seed(seed)
+            self.generators[full] = _seeded(full)
         return self.generators[full]
 
     def __torch_function__(self, func, types, args=(), kwargs=None):

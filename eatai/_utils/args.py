@@ -10,6 +10,8 @@ import argparse
 import math
 from pathlib import Path
 
+from ..threats import parse_eps, split_threat
+
 __all__ = ['ArgumentParser', 'positive_int', 'non_negative_int', 'positive_float', 'radius', 'lp_exponent',
            'existing_dir', 'existing_file', 'existing_path', 'data_source', 'threat_model', 'training_scheme', 'random_seed']
 
@@ -66,7 +68,6 @@ def positive_float(text: str) -> float:
 
 def radius(text: str) -> str:
     """A radius > 0 written as a number or a fraction ('0.5', '8/255'); returned as written."""
-    from .threats import parse_eps
     try:
         value = parse_eps(text)
     except ValueError as e:
@@ -78,7 +79,6 @@ def radius(text: str) -> str:
 
 def lp_exponent(text: str) -> str:
     """The p of an l_p norm: a number >= 1 or 'inf'; returned as written."""
-    from .threats import parse_eps
     try:
         value = parse_eps(text)
     except ValueError:
@@ -118,11 +118,12 @@ def data_source(text: str) -> str:
 
 
 def threat_model(text: str) -> str:
-    """A threat model such as 'linf:8/255' or 'l1' (the dataset's radius); returned as written, since
-    a bare norm's radius depends on --dataset."""
-    from .threats import parse_threat
-    try:
-        parse_threat(text)
+    """A registered threat such as 'linf:8/255' or 'l1' (the dataset's radius); returned as written, since
+    a bare name's strength depends on --dataset."""
+    from ..evaluation.registry import canonical_threat, get_threat
+    name, strength = split_threat(text)
+    try:   # a bare name's default strength is checked once --dataset is known
+        get_threat(text) if strength is not None else canonical_threat(name)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
@@ -130,7 +131,7 @@ def threat_model(text: str) -> str:
 
 def training_scheme(text: str) -> str:
     """A training scheme such as 'eat', 'linf' or 'l2>eat@45', checked by the library's own parser."""
-    from .callbacks import make_strategy
+    from ..callbacks import make_strategy
     try:
         make_strategy(text)
     except ValueError as e:

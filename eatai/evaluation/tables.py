@@ -11,11 +11,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .evaluate import RobustResult
+from . import lp  # noqa: F401  registers the l_p threats
+from .registry import get_threat
+from .result import RobustResult
 
 __all__ = ['results_table', 'print_results', 'results_text']
 
-_NORM_HEADER = {'linf': 'l_inf', 'l2': 'l_2', 'l1': 'l_1'}
 _BOUND = '≤'
 
 
@@ -36,8 +37,11 @@ def _rows(rows) -> list[tuple[str, RobustResult]]:
 
 
 def _header(threat: str) -> str:
-    norm, eps = threat.split(':', 1)
-    return f"{_NORM_HEADER.get(norm, norm)} ({eps})"
+    """The threat's own header ('l_inf (8/255)'); as written for one this session has not registered."""
+    try:
+        return get_threat(threat).header
+    except ValueError:
+        return threat
 
 
 def _distinct(values) -> list:

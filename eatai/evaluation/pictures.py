@@ -1,4 +1,4 @@
-"""Adversarial pictures: what APGD does to images in each threat model, fastai's show_results way.
+"""Adversarial pictures: what each threat's quick attack (APGD for a ball) does to images, fastai's show_results way.
 
 One row per example: the clean image, its adversarial version in each threat model, then each
 perturbation amplified to the full grey range (mid-grey is zero). Titles give the prediction
@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from fastai.learner import Learner
-from fastcore.basics import patch
 from torch import nn
 
-from .attacks import EVALUATION, apgd, check_batch, eval_mode, make_ball
-from .curves import _device, check_logits, first_items
-from .threats import default_threats, parse_threat
+from ..attacks import check_batch, eval_mode
+from ..threats import default_threats
+from . import lp  # noqa: F401  registers the l_p threats
+from .checks import check_logits, model_device
+from .registry import parse_threats
 
 __all__ = ['AdversarialExamples', 'adversarial_examples']
 
@@ -66,11 +66,12 @@ class AdversarialExamples:
 
 def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threats=None, n_iter: int = 20,
                          seed: int = 0, classes=None, device=None) -> AdversarialExamples:
-    """APGD-CE (evaluation settings, `n_iter` steps) per threat on x: (N, C, H, W) in [0,1], y: (N,).
-    threats: default the paper's CIFAR-10 three. Every output is checked to lie in its ball."""
+    """Each threat's quick attack (`n_iter` steps; APGD-CE with evaluation settings for a ball) on
+    x: (N, C, H, W) in [0,1], y: (N,). threats: default the paper's CIFAR-10 three. Every output is
+    checked to lie inside its threat."""
     check_batch(x, y)
-    threats = [parse_threat(t) for t in (default_threats() if threats is None else threats)]
-    device = _device(model, device)
+    threats = parse_threats(default_threats() if threats is None else threats)
+    device = model_device(model, device)
     x, y = x.detach().to(device), y.detach().long().to(device)
     x_adv, pred_adv = {}, {}
     with eval_mode(model):
@@ -78,29 +79,11 @@ def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thr
             logits = model(x)
         check_logits(logits)
         for t in threats:
-            adv, _ = apgd(model, x, y, t.norm, t.eps, **{**EVALUATION, 'n_iter': n_iter, 'seed': seed})
-            if not bool(make_ball(t.norm, t.eps).contains(x, adv).all()):
-                raise RuntimeError(f"APGD returned points outside the {t} ball")
+            adv = t.quick_attack(model, x, y, n_iter=n_iter, seed=seed)
+            if not bool(t.contains(x, adv).all()):
+                raise RuntimeError(f"the {t} attack returned points outside the threat model")
             with torch.no_grad():
                 pred_adv[str(t)] = model(adv).argmax(1).cpu()
             x_adv[str(t)] = adv.cpu()
     return AdversarialExamples(x.cpu(), y.cpu(), logits.argmax(1).cpu(), x_adv, pred_adv,
                                list(classes) if classes is not None else None)
-
-
-def _classes(dls):
-    vocab = getattr(dls, 'vocab', None)
-    return [str(v) for v in vocab] if vocab is not None and len(vocab) else None
-
-
-@patch
-def show_adversarial(self: Learner, n: int = 8, threats=None, dl=None, n_iter: int = 20, seed: int = 0,
-                     figsize=None):
-    """Figure of `n` validation images, their adversarial versions per threat model and the amplified
-    perturbations, titled with predictions (class names from the DataLoaders' vocab)."""
-    x, y = first_items(dl if dl is not None else self.dls.valid, n)
-    if threats is None:
-        threats = default_threats(getattr(self, 'threat_dataset', 'cifar10'))
-    examples = adversarial_examples(self.model, x, y, threats, n_iter=n_iter, seed=seed, classes=_classes(self.dls),
-                                    device=next(self.model.parameters()).device)
-    return examples.plot(figsize=figsize)

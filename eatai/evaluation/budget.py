@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from .threats import NORMS, canonical_norm
+from ..threats import NORMS, canonical_norm
 
 __all__ = ['APGDSettings', 'EvalBudget', 'BUDGETS', 'ATTACKS']
 

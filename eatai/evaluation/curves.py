@@ -1,4 +1,7 @@
-"""Robustness curves (the paper's Figure 1): robust accuracy against the radius, per norm.
+"""Robustness curves (the paper's Figure 1): robust accuracy against the radius (a threat's strength), per threat.
+
+Any registered threat has a curve: its `quick_attack` at each strength of a ladder, its `size` the
+strength a found adversarial needs. For the l_p balls that is APGD-CE and the norm of the perturbation.
 
 Why APGD on a ladder of radii and not FAB: the curve needs, per point, the norm of its smallest
 adversarial perturbation. FAB (pyautoattack's `FABAttack_PT`) estimates exactly that, but on
@@ -26,15 +29,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from fastai.learner import Learner
-from fastcore.basics import patch
 from torch import nn
 
-from .attacks import EVALUATION, apgd, check_batch, eval_mode, lp_norm, make_ball
-from .threats import NORMS, canonical_norm, parse_threat
+from ..attacks import check_batch, eval_mode
+from ..threats import NORMS
+from . import lp  # noqa: F401  registers the l_p threats
+from .checks import check_logits, model_device
+from .registry import canonical_threat, get_threat, parse_threats
 
-__all__ = ['ModelCurves', 'RobustnessCurves', 'agreement_tolerance', 'check_logits', 'check_radii',
-           'default_radii', 'minimal_perturbations', 'robustness_curves', 'first_items']
+__all__ = ['ModelCurves', 'RobustnessCurves', 'agreement_tolerance', 'check_radii', 'default_radii',
+           'minimal_perturbations', 'robustness_curves']
 
 _LADDER = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)   # default radii, in units of the evaluated eps
 
@@ -63,31 +67,6 @@ def agreement_tolerance(p: float, n: int) -> float:
     return 2 * math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
 
 
-def check_logits(logits: torch.Tensor) -> None:
-    """ValueError if a model's outputs look like probabilities (in [0,1], rows summing to 1)."""
-    if logits.dim() == 2 and logits.shape[1] > 1 and bool(((logits >= 0) & (logits <= 1)).all()) and \
-            bool(torch.allclose(logits.float().sum(1), torch.ones(len(logits), device=logits.device), atol=1e-4)):
-        raise ValueError("the model returns probabilities (outputs in [0,1] summing to 1), not logits: attacks "
-                         "on a softmax output see vanishing gradients; remove the final softmax")
-
-
-def first_items(dl, n: int):
-    """The first n (x, y) of a DataLoader on the CPU; ValueError if it holds fewer than n."""
-    from .learner import _first_items
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    x, y = _first_items(dl, n)
-    if len(y) < n:
-        raise ValueError(f"n={n} is larger than the data: the DataLoader holds {len(y)} items")
-    return x, y
-
-
-def _device(model: nn.Module, device) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return next((t.device for t in (*model.parameters(), *model.buffers())), torch.device('cpu'))
-
-
 @torch.no_grad()
 def _predict(model, x, bs, device) -> torch.Tensor:
     out = []
@@ -100,37 +79,45 @@ def _predict(model, x, bs, device) -> torch.Tensor:
 
 def minimal_perturbations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, radii,
                           n_iter: int = 100, bs: int = 250, seed: int = 0, device=None) -> torch.Tensor:
-    """(N,) per point, the norm of the smallest adversarial perturbation APGD-CE found on the
-    ascending ladder `radii` (0 for clean errors, inf where none was found up to the last radius).
+    """(N,) per point, the size of the smallest adversarial its threat's quick attack (APGD-CE for a ball)
+    found on the ascending ladder `radii` (0 for clean errors, inf where none was found up to the last one).
 
-    x: (N, C, H, W) in [0,1]; y: (N,) labels. Each radius attacks only the points not yet broken."""
+    norm: a registered threat's name ('linf', 'l2', 'l1', ...). x: (N, C, H, W) in [0,1]; y: (N,) labels.
+    Each radius attacks only the points not yet broken."""
     check_batch(x, y)
-    norm = canonical_norm(norm)
-    radii = check_radii(radii, norm)
-    device = _device(model, device)
+    name = canonical_threat(norm)
+    radii = check_radii(radii, name)
+    device = model_device(model, device)
     x, y = x.detach().cpu(), y.detach().long().cpu()
-    options = {**EVALUATION, 'n_iter': n_iter, 'seed': seed}
     with eval_mode(model):
         correct = _predict(model, x, bs, device) == y
         found = torch.where(correct, torch.full((len(y),), math.inf, dtype=torch.float64),
                             torch.zeros(len(y), dtype=torch.float64))
         for r in (r for r in radii if r > 0):
-            ball = make_ball(norm, r)
+            threat = get_threat(name, strength=r)
             todo = torch.isinf(found).nonzero()[:, 0]
             for chunk in (todo[i:i + bs] for i in range(0, len(todo), bs)):
                 xb, yb = x[chunk].to(device), y[chunk].to(device)
-                x_adv, _ = apgd(model, xb, yb, norm, r, **options)
+                x_adv = threat.quick_attack(model, xb, yb, n_iter=n_iter, seed=seed)
                 with torch.no_grad():   # our own verdict, not the attack's
-                    broken = (model(x_adv).argmax(1) != yb) & ball.contains(xb, x_adv)
-                # inside the ball of radius r (checked above): a float32 norm a hair above r is r
-                length = lp_norm(x_adv - xb, norm).cpu().double().clamp(max=r)   # float64, as r
-                found[chunk[broken.cpu()]] = length[broken.cpu()]
+                    broken = ((model(x_adv).argmax(1) != yb) & threat.contains(xb, x_adv)).cpu()
+                # inside the threat of strength r (checked above): a float32 size a hair above r is r
+                size = threat.size(xb, x_adv).cpu().double().clamp(max=r)   # float64, as r
+                found[chunk[broken]] = size[broken]
     return found
+
+
+def _strength_label(name: str, strength: float) -> str:
+    """'radius' for a ball; a threat this session has not registered (curves read from JSON): 'strength'."""
+    try:
+        return get_threat(name, strength=strength).strength_label
+    except ValueError:
+        return 'strength'
 
 
 @dataclass
 class ModelCurves:
-    """One model's minimal perturbations per norm, and the radii they were searched over."""
+    """One model's minimal perturbations per threat (keyed by its name: 'linf', ...), and the radii searched."""
     name: str
     n: int
     eps: dict[str, float]                     # the evaluated (training) radius per norm
@@ -209,7 +196,8 @@ class RobustnessCurves:
             eps = next(m.eps[norm] for m in self.models if norm in m.eps)
             ax.axvline(eps, color='grey', ls='--', lw=1)
             ax.text(eps, 98, f' eps={eps:.4g}', color='grey', va='top', fontsize=8)
-            ax.set(xlabel=f'{norm} radius', ylabel='robust accuracy (%)', ylim=(0, 100), title=norm)
+            ax.set(xlabel=f'{norm} {_strength_label(norm, eps)}', ylabel='robust accuracy (%)', ylim=(0, 100),
+                   title=norm)
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=8, loc='lower left')   # the eps label sits top right
         fig.suptitle(f"robust accuracy against the radius ({self.models[0].attack}, n={self.models[0].n})",
@@ -218,40 +206,31 @@ class RobustnessCurves:
         return fig
 
 
-@patch
-def robustness_curves(self: Learner, n: int = 500, norms=NORMS, radii=None, dl=None, n_iter: int = 100,
-                      bs: int = 250, seed: int = 0, name: str = 'model') -> RobustnessCurves:
-    """Robustness curves of the model on the first `n` validation items (see `eatai.curves`)."""
-    x, y = first_items(dl if dl is not None else self.dls.valid, n)
-    return robustness_curves(self.model, x, y, norms=norms, radii=radii, n_iter=n_iter, bs=bs, seed=seed,
-                             device=next(self.model.parameters()).device, name=name,
-                             dataset=getattr(self, 'threat_dataset', 'cifar10'))
-
-
 def robustness_curves(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norms=NORMS, radii=None,
                       n_iter: int = 100, bs: int = 250, seed: int = 0, device=None, name: str = 'model',
                       dataset: str = 'cifar10') -> RobustnessCurves:
-    """Robust accuracy over a grid of radii per norm, from one minimal-perturbation search per norm.
+    """Robust accuracy over a grid of strengths per threat, from one minimal-perturbation search per threat.
 
-    norms: names ('linf', 'l2', 'l1': the dataset's radius is the marked one) or threats such as
-    'l2:0.5'. radii: one ascending list (with a single norm) or a dict norm -> list; default
-    `default_radii(eps)`. n_iter: APGD-CE iterations per radius (100: AutoAttack's)."""
-    threats = [parse_threat(t, dataset) for t in ([norms] if isinstance(norms, str) else norms)]
-    if not threats:
+    norms: threat names ('linf', 'l2', 'l1': the dataset's radius is the marked one; any registered
+    threat with a default) or threats such as 'l2:0.5'. radii: one ascending list (with a single
+    threat) or a dict name -> list; default `default_radii(strength)`. n_iter: steps of the quick
+    attack per radius (100: AutoAttack's APGD)."""
+    if isinstance(norms, (list, tuple)) and not norms:
         raise ValueError(f"norms is empty: give some of {NORMS}")
+    threats = parse_threats(norms, dataset)
     if radii is not None and not isinstance(radii, dict):
         if len(threats) != 1:
             raise ValueError("radii as one list is ambiguous with several norms: give a dict norm -> radii")
-        radii = {threats[0].norm: radii}
-    grids = {t.norm: check_radii(radii[t.norm] if radii and t.norm in radii else default_radii(t.eps), t.norm)
+        radii = {threats[0].name: radii}
+    grids = {t.name: check_radii(radii[t.name] if radii and t.name in radii else default_radii(t.strength), t.name)
              for t in threats}
     found, seconds = {}, {}
     for t in threats:
         start = time.perf_counter()
-        norms_t = minimal_perturbations(model, x, y, t.norm, grids[t.norm], n_iter=n_iter, bs=bs, seed=seed,
+        norms_t = minimal_perturbations(model, x, y, t.name, grids[t.name], n_iter=n_iter, bs=bs, seed=seed,
                                         device=device)
-        found[t.norm] = [None if math.isinf(v) else v for v in norms_t.tolist()]
-        seconds[t.norm] = time.perf_counter() - start
-    attack = f"APGD-CE {n_iter} it. per radius"
-    return RobustnessCurves([ModelCurves(name, len(y), {t.norm: t.eps for t in threats}, grids, found, attack,
+        found[t.name] = [None if math.isinf(v) else v for v in norms_t.tolist()]
+        seconds[t.name] = time.perf_counter() - start
+    attack = f"{' / '.join(dict.fromkeys(t.quick_attack_name for t in threats))} {n_iter} it. per radius"
+    return RobustnessCurves([ModelCurves(name, len(y), {t.name: t.strength for t in threats}, grids, found, attack,
                                          seconds)])

@@ -1,0 +1,1 @@
+"""Private helpers that several of eatai's packages use: argument checks, torch.distributed, atomic files, progress."""
