@@ -1,5 +1,7 @@
 """APGD's edges: what it refuses (with which words), the empty batch, the KL attack's reference,
 and restarts that keep only the examples still robust."""
+import importlib
+
 import pytest
 import torch
 from conftest import CountingModel, Flicker, TinyNet
@@ -193,3 +195,43 @@ def test_every_iterate_but_the_last_gets_a_gradient(tiny_net, batch):
     tiny_net.eval().register_forward_pre_hook(lambda m, args: needs_grad.append(args[0].requires_grad))
     apgd(tiny_net, x, y, 'l2', 0.5, 5)
     assert needs_grad == [True] * 5 + [False]
+
+
+@pytest.mark.parametrize('options', [{}, {'random_start': True, 'seed': 1, 'keep': 'misclassified', 'n_restarts': 2,
+                                          'l1_sparsity': 0.2}])
+def test_l1_attack_too_narrow_for_its_iterates_runs_again_and_gives_the_exact_result(tiny_net, batch, monkeypatch,
+                                                                                      options):
+    """APGD-l1 computes on a top-k of a width fixed in advance (no host sync in its loop); where an
+    example needed more, the attack runs again wider, from the same random state, and the next call
+    starts at the width that sufficed. The result is the one computed on every coordinate."""
+    apgd_module = importlib.import_module('eatai.attacks.apgd')
+    from eatai.attacks import balls
+    x, y = batch                                                   # d = 768
+    monkeypatch.setattr(balls, '_WIDER', {})
+    monkeypatch.setattr(apgd_module, 'compact_width', lambda d, s, eps: 10 ** 6)
+    model = CountingModel(tiny_net.eval())
+    exact = apgd(model, x, y, 'l1', 9.0, n_iter=6, **options)       # every coordinate: one run
+    once = model.n_forward
+    monkeypatch.setattr(apgd_module, 'compact_width', lambda d, s, eps: 8)
+    model.n_forward = 0
+    narrow = apgd(model, x, y, 'l1', 9.0, n_iter=6, **options)
+    assert torch.equal(narrow[0], exact[0]) and torch.equal(narrow[1], exact[1])
+    (key, wider), = balls._WIDER.items()
+    tries = (wider // 8).bit_length()                              # 8, 16, ..., wider
+    assert key == (9.0, 8) and wider >= 16 and model.n_forward == once * tries
+    model.n_forward = 0
+    assert torch.equal(apgd(model, x, y, 'l1', 9.0, n_iter=6, **options)[0], exact[0])
+    assert model.n_forward == once
+
+
+def test_targeted_l1_attack_too_narrow_runs_again_with_its_targets(tiny_net, batch, monkeypatch):
+    apgd_module = importlib.import_module('eatai.attacks.apgd')
+    from eatai.attacks import apgd_targeted, balls
+    x, y = batch
+    monkeypatch.setattr(balls, '_WIDER', {})
+    monkeypatch.setattr(apgd_module, 'compact_width', lambda d, s, eps: 10 ** 6)
+    exact = apgd_targeted(tiny_net, x, y, 'l1', 9.0, n_iter=5, n_target_classes=2, seed=0)
+    monkeypatch.setattr(apgd_module, 'compact_width', lambda d, s, eps: 8)
+    narrow = apgd_targeted(tiny_net, x, y, 'l1', 9.0, n_iter=5, n_target_classes=2, seed=0)
+    assert torch.equal(narrow[0], exact[0]) and torch.equal(narrow[1], exact[1])
+    assert list(balls._WIDER) == [(9.0, 8)] and balls._WIDER[(9.0, 8)] >= 16

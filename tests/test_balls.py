@@ -147,3 +147,75 @@ def test_l1_projection_of_bf16_inputs_is_computed_in_float32():
     out = l1_box_projection(x, delta, 2.0)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, l1_box_projection(x.float(), delta.float(), 2.0).bfloat16())
+
+
+# --- compacted l1 computations (a top-k of a width fixed in advance) and the attacks' rerun ------
+
+def test_compacted_l1_direction_keeps_the_same_coordinates_or_says_it_could_not():
+    from eatai.attacks.balls import L1Ball
+    grad = torch.randn(3, *D, generator=torch.Generator().manual_seed(1))            # d = 192
+    sparsity = torch.tensor([0.05, 0.2, 0.4])                                         # keeps 10, 39, 77
+    exact = make_ball('l1', 2.0).direction(grad, sparsity)
+    wide = L1Ball(2.0, 80)
+    assert torch.equal(wide.direction(grad, sparsity), exact) and not wide.overflowed()
+    narrow = L1Ball(2.0, 40)
+    narrow.direction(grad, sparsity)
+    assert narrow.overflowed()                                                        # 77 > 40
+    assert torch.equal(narrow.direction(grad[:2], sparsity[:2]), exact[:2])
+    full = L1Ball(2.0, 97)                                                            # above d / 2: every coordinate
+    assert torch.equal(full.direction(grad, sparsity), exact) and full.overflow is None
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.bfloat16])
+def test_one_sparsity_for_every_example_needs_no_flag(dtype):
+    """SLIDE's fixed 1%: the number kept is bounded on the host, whatever the dtype rounds (1 - s) * d to."""
+    from eatai.attacks.balls import L1Ball, _most_kept
+    grad = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)).to(dtype)
+    ball = L1Ball(12.0, 40)
+    out = ball.direction(grad, 0.01)
+    assert ball.overflow is None
+    assert torch.equal(out, make_ball('l1', 12.0).direction(grad, torch.full((4,), 0.01, dtype=dtype)))
+    assert (out.flatten(1) != 0).sum(dim=1).tolist() == [31] * 4 or dtype == torch.bfloat16
+    for d in (7, 192, 3072, 150528):
+        for s in (0.01, 0.05, 0.2, 1.0):
+            n_keep = d - int(((1 - torch.tensor(s, dtype=dtype)) * d).clamp(0, d - 1).long())
+            assert n_keep <= _most_kept(s, d, dtype)
+
+
+def test_compact_width_covers_the_first_steps_and_the_radius():
+    from eatai.attacks.balls import compact_width
+    assert compact_width(3072, 0.05, 12.0) == 384                 # d / 8
+    assert compact_width(3072, 0.2, 12.0) == 986                  # 1.5 * 0.2 * d + 64
+    assert compact_width(3072, 0.05, 24.0) == 768                 # 32 eps
+    assert compact_width(100, 0.01, 0.5) == 66
+
+
+def test_run_compacted_runs_again_wider_from_the_same_random_state():
+    from eatai.attacks import balls
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    widths = []
+
+    def run(b):
+        widths.append(b.width)
+        return b.project(x, x + 0.3 * torch.randn(x.shape))        # every coordinate moves: needs more than 8
+    balls._WIDER.pop((5.0, 8), None)
+    torch.manual_seed(0)
+    out = balls.run_compacted(make_ball('l1', 5.0), 8, run, x.device)
+    after = torch.rand(1)
+    last = widths[-1]
+    assert widths == [8 * 2 ** i for i in range(len(widths))] and len(widths) > 2 and balls._WIDER[(5.0, 8)] == last
+    torch.manual_seed(0)
+    expected = balls.L1Ball(5.0, last).project(x, x + 0.3 * torch.randn(x.shape))
+    assert torch.equal(out, expected) and torch.equal(after, torch.rand(1))   # the same draws, drawn once
+    widths.clear()
+    balls.run_compacted(make_ball('l1', 5.0), 8, run, x.device)
+    assert widths == [last]                                        # later calls start where it sufficed
+    g = torch.Generator().manual_seed(5)
+    draws = []
+    balls._WIDER.pop((5.0, 4), None)
+    balls.run_compacted(make_ball('l1', 5.0), 4, lambda b: draws.append(torch.rand(2, generator=g))
+                        or b.project(x, x + 0.3 * torch.randn(x.shape, generator=g)), x.device, (g,))
+    assert len(draws) > 1 and all(torch.equal(d, draws[0]) for d in draws)   # its own generator restored too
+    widths.clear()
+    assert balls.run_compacted(make_ball('linf', 0.1), 8, lambda b: widths.append(b) or 7, x.device) == 7
+    assert len(widths) == 1 and widths[0].norm == 'linf'           # l-inf, l2: one run, the ball itself

@@ -3,6 +3,7 @@ eval mode, zero gradients, logits that do not cover the labels; with the words a
 warnings point the user to (not checked under mutmut, whose trampolines add a stack frame)."""
 
 import os
+import sys
 import warnings
 
 import pytest
@@ -124,3 +125,60 @@ def test_out_of_range_inputs_are_told_how_to_fix_the_pipeline():
                                          r"there. If the data are normalised, remove Normalize from the data pipeline and "
                                          r"put the normalisation inside the model instead.$"):
         check_batch(torch.tensor([[0.0, 2.0]]), torch.tensor([0]))
+
+
+def test_check_batch_reads_everything_back_at_once_and_returns_the_largest_label():
+    from eatai.attacks.syncs import count_host_syncs
+    with count_host_syncs() as syncs:
+        assert check_batch(torch.rand(3, 4), torch.tensor([2, 7, 0])) == 7
+    assert syncs.total == 1                                            # one read of every value checked
+    assert check_batch(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)) is None
+    assert check_batch(torch.rand(2, 4).bfloat16(), torch.tensor([257, 3])) == 257   # labels not rounded to bf16
+    with pytest.raises(ValueError, match=r'^labels must be >= 0, got -2$'):
+        check_batch(torch.rand(2, 4), torch.tensor([-2, 3]))
+    with pytest.raises(ValueError, match=r'^x contains NaN or infinite values$'):
+        check_batch(torch.tensor([[0.5, float('inf')]]), torch.tensor([0]))
+    with pytest.raises(ValueError, match=r'got min -0.5, max 0.5\)'):
+        check_batch(torch.tensor([[-0.5, 0.5]]), torch.tensor([0]))
+
+
+def test_labels_are_checked_against_a_known_largest_one_without_reading_them():
+    y = torch.tensor([0, 9])
+    with pytest.raises(ValueError, match=r'^label 12 is out of range for a model with 10 outputs$'):
+        check_labels(y, torch.zeros(2, 10), 12)                        # the given maximum is trusted
+    check_labels(torch.tensor([0, 10]), torch.zeros(2, 11), 10)
+    check_labels(torch.zeros(0, dtype=torch.long), torch.zeros(0, 3), None)
+
+
+def test_a_zero_gradient_count_warns_at_the_callers_line():
+    from eatai.attacks.guards import warn_zero_count, zero_gradients
+    grad = torch.randn(4, 3)
+    grad[[0, 2]] = 0
+    assert zero_gradients(grad).item() == 2 and zero_gradients(grad).dim() == 0
+
+    def attack(g):                                                     # the count is taken in the attack
+        warn_zero_count(zero_gradients(g), len(g))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        attack(grad); line = sys._getframe().f_lineno                  # noqa: E702  the attack's caller
+        attack(torch.randn(4, 3))
+    (w,) = caught
+    assert str(w.message).startswith("2 of 4 examples have a zero input gradient")
+    assert (w.filename, w.lineno) == (__file__, line) or not CALLER_LINE
+
+
+def test_attacks_warn_of_zero_gradients_once_per_call_at_the_callers_line():
+    from eatai.attacks import apgd, apgd_targeted
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 10))
+    with torch.no_grad():
+        flat[1].weight.zero_()                                         # the output does not depend on the input
+    x, y = torch.rand(5, 3, 4, 4), torch.arange(5)
+    robust = flat[1].bias.argmax().repeat(5)
+    robust[:2] = (robust[:2] + 1) % 10                                 # 3 classified correctly
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        apgd(flat, x, y, 'l1', 1.0, loss='dlr', n_restarts=2, random_start=True); first = sys._getframe().f_lineno  # noqa: E702
+        apgd_targeted(flat, x, robust, 'linf', 0.1, n_iter=3, n_target_classes=3); second = sys._getframe().f_lineno  # noqa: E702
+    assert [str(w.message)[:9] for w in caught] == ['5 of 5 ex', '3 of 3 ex']   # apgd-t: the robust ones, first target
+    assert [(w.filename, w.lineno) for w in caught] == [(__file__, first), (__file__, second)] or not CALLER_LINE

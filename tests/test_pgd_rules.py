@@ -2,6 +2,8 @@
 as the AND over the iterates, which iterate is kept, the default step, the random start and its
 generator, the TRADES (KL) loss and its reference, SLIDE's blocked coordinates, eval mode, and
 the argument checks."""
+import importlib
+
 import pytest
 import torch
 from conftest import CountingModel, Flicker, TinyNet
@@ -182,3 +184,22 @@ def test_default_budgets_are_ten_steps(tiny_net, batch):
     model.n_forward = 0
     msd(model, x, y, {'linf': 0.03, 'l1': 3.0})
     assert model.n_forward == 1 + 10 * 2 + 9        # clean, 2 candidates per step, 9 gradient points
+
+
+def test_slide_too_narrow_for_its_iterates_runs_again_from_its_generator(tiny_net, batch, monkeypatch):
+    """SLIDE's projection computes on a top-k of a width fixed in advance; where an example needed
+    more, PGD runs again wider, from the random state (its generator's too) it started from."""
+    pgd_module = importlib.import_module('eatai.attacks.pgd')
+    from eatai.attacks import balls
+    x, y = batch
+    monkeypatch.setattr(balls, '_WIDER', {})
+    monkeypatch.setattr(pgd_module, 'compact_width', lambda d, s, eps: 10 ** 6)
+    exact = pgd(tiny_net, x, y, 'l1', 9.0, n_iter=4, random_start=True, generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(pgd_module, 'compact_width', lambda d, s, eps: 8)
+    g = torch.Generator().manual_seed(2)
+    narrow = pgd(tiny_net, x, y, 'l1', 9.0, n_iter=4, random_start=True, generator=g)
+    assert torch.equal(narrow[0], exact[0]) and torch.equal(narrow[1], exact[1])
+    assert list(balls._WIDER) == [(9.0, 8)] and balls._WIDER[(9.0, 8)] >= 16
+    reference = torch.Generator().manual_seed(2)
+    torch.randn(x.shape, generator=reference)
+    assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=reference))   # drawn from once

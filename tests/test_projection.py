@@ -121,3 +121,56 @@ def test_bad_input():
         l1_box_projection(x, torch.rand(2, 4), 1.0)
     with pytest.raises(ValueError, match='^eps must be > 0 for every example$'):
         l1_box_projection(x, torch.rand(2, 3), 0.0)
+
+
+# --- the compacted projection of the attacks: a top-k of a width fixed in advance, no host sync ---
+
+def sparse_case(batch=6, d=3 * 16 * 16, live=(5, 40, 90, 150, 300, 600), eps=40.0, seed=19):
+    """Rows moving `live` coordinates each (a sparse APGD-l1 iterate), some of them on the box faces."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, d, generator=g)
+    x[:, :20] = 0.0
+    delta = torch.zeros(batch, d)
+    for i, k in enumerate(live):
+        idx = torch.randperm(d, generator=g)[:k]
+        delta[i, idx] = 0.2 * torch.randn(k, generator=g)
+    return x, delta, eps
+
+
+@pytest.mark.parametrize('width', [8, 64, 200, 384])
+def test_compacted_projection_is_exact_where_not_flagged(width):
+    from eatai.attacks.projection import _project
+    x, delta, eps = sparse_case()
+    exact = l1_box_projection(x, delta, eps)
+    out, overflow = _project(x, delta, eps, width)
+    support = (exact != 0).sum(dim=1)                            # 5, 40, 89, 146, 290, 358
+    outside = ((x + delta).clamp(0, 1) - x).abs().sum(dim=1) > eps
+    assert torch.equal(overflow, outside & (support > width))    # flagged: the rows that move more than width
+    assert overflow.any() == (width < 358)
+    torch.testing.assert_close(out[~overflow], exact[~overflow], rtol=0, atol=1e-7)
+
+
+def test_compacted_projection_does_not_depend_on_the_width():
+    """Any width that holds every moving coordinate gives the same bits: the sums run in index order."""
+    from eatai.attacks.projection import _project
+    x, delta, eps = sparse_case(live=(5, 40, 90, 150, 200, 250), eps=30.0)
+    outs = [_project(x, delta, eps, w) for w in (300, 301, 383, 384)]
+    assert not any(o.any() for _, o in outs)
+    assert all(torch.equal(outs[0][0], out) for out, _ in outs[1:])
+
+
+def test_rows_inside_the_ball_are_never_flagged():
+    from eatai.attacks.projection import _project
+    x, delta, _ = sparse_case()
+    out, overflow = _project(x, delta, 1e4, 8)                  # every row fits: nothing to leave out
+    assert not overflow.any() and torch.equal(out, l1_box_projection(x, delta, 1e4))
+    assert _project(x, delta, 3.0, 384)[1] is not None and _project(x, delta, 3.0, 385)[1] is None   # above d / 2: all
+
+
+def test_eps_as_a_number_is_checked_without_a_tensor():
+    x = torch.rand(2, 3)
+    for eps in (-1.0, float('nan'), 0):
+        with pytest.raises(ValueError, match='^eps must be > 0 for every example$'):
+            l1_box_projection(x, torch.rand(2, 3), eps)
+    with pytest.raises(ValueError, match='^eps must be > 0 for every example$'):
+        l1_box_projection(x, torch.rand(2, 3), torch.tensor([1.0, 0.0]))

@@ -14,8 +14,8 @@ from torch import nn
 
 from ._autograd import input_grad
 from ._shapes import per_example
-from .balls import Ball, make_ball
-from .guards import check_batch, check_labels, eval_mode, warn_zero_gradients
+from .balls import Ball, compact_width, make_ball, run_compacted
+from .guards import check_batch, check_labels, eval_mode, warn_zero_count, zero_gradients
 from .losses import get_loss
 from .schedules import AttackState
 
@@ -76,13 +76,15 @@ class _RunResult:
     correct: torch.Tensor          # (B,) bool, correct at every iterate
     x_misclassified: torch.Tensor | None  # (B, ...) last misclassified iterate (x_best where none);
                                           # None unless keep='misclassified'
+    n_zero_grad: torch.Tensor | None = None  # 0-d: examples with a zero gradient at the start (DLR losses)
 
     def output(self, keep: str) -> torch.Tensor:
         return self.x_best if keep == 'loss' else self.x_misclassified
 
 
-def _single_run(model, x, y, ball: Ball, cfg: APGDConfig, y_target, generator) -> _RunResult:
-    """One APGD run; x, y already checked; model in eval mode; grad enabled."""
+def _single_run(model, x, y, ball: Ball, cfg: APGDConfig, y_target, generator, y_max) -> _RunResult:
+    """One APGD run; x, y already checked (y_max: the largest label); model in eval mode; grad
+    enabled. No host sync: the loop never waits for the device."""
     loss_fn = get_loss(cfg.loss)[0]
 
     def evaluate(x_adv, need_grad=True, check=False):
@@ -90,7 +92,7 @@ def _single_run(model, x, y, ball: Ball, cfg: APGDConfig, y_target, generator) -
         with torch.set_grad_enabled(need_grad):
             logits = model(x_adv)
             if check:
-                check_labels(y, logits)
+                check_labels(y, logits, y_max)
             loss = loss_fn(logits, y, y_target)
         # autograd.grad w.r.t. the input only: parameter .grad stays untouched
         grad = input_grad(loss, x_adv, cfg.grad_scale) if need_grad else None
@@ -98,8 +100,8 @@ def _single_run(model, x, y, ball: Ball, cfg: APGDConfig, y_target, generator) -
 
     x_adv = ball.random_start(x, generator) if cfg.random_start else x.clone()
     logits, loss, grad = evaluate(x_adv, check=True)
-    if cfg.loss.startswith('dlr'):   # as AutoAttack: a saturated cross-entropy has zero gradients legitimately
-        warn_zero_gradients(grad)
+    # as AutoAttack: a saturated cross-entropy has zero gradients legitimately; counted here, warned at the end
+    n_zero_grad = zero_gradients(grad) if cfg.loss.startswith('dlr') else None
     correct = logits.argmax(dim=1) == y
     track_misclassified = cfg.keep == 'misclassified'   # training attacks only need the best point
     x_misclassified = x_adv.clone() if track_misclassified else None
@@ -134,7 +136,7 @@ def _single_run(model, x, y, ball: Ball, cfg: APGDConfig, y_target, generator) -
             schedule.update(state)
     if track_misclassified:
         x_misclassified = torch.where(per_example(correct, x), state.x_best, x_misclassified)
-    return _RunResult(state.x_best, state.loss_best, correct, x_misclassified)
+    return _RunResult(state.x_best, state.loss_best, correct, x_misclassified, n_zero_grad)
 
 
 def _generator(seed, device):
@@ -145,21 +147,28 @@ def _generator(seed, device):
     return g
 
 
-def _run_restarts(model, x, y, ball, cfg, y_target):
+def _run_restarts(model, x, y, ball, cfg, y_target, y_max):
+    """The runs of one APGD call: (x_adv, correct, loss_best, zero-gradient count of the first run)."""
     generator = _generator(cfg.seed, x.device)
-    out = _single_run(model, x, y, ball, cfg, y_target, generator)
+    out = _single_run(model, x, y, ball, cfg, y_target, generator, y_max)
     x_adv, loss_best, correct = out.output(cfg.keep), out.loss_best, out.correct
     for _ in range(cfg.n_restarts - 1):
         # highest loss: every example may still improve; misclassified: only robust ones need more
         idx = torch.arange(x.shape[0], device=x.device) if cfg.keep == 'loss' else correct.nonzero()[:, 0]
         if idx.numel() == 0:
             break
-        run = _single_run(model, x[idx], y[idx], ball, cfg, None if y_target is None else y_target[idx], generator)
+        run = _single_run(model, x[idx], y[idx], ball, cfg, None if y_target is None else y_target[idx], generator,
+                          y_max)
         better = run.loss_best > loss_best[idx] if cfg.keep == 'loss' else ~run.correct
         x_adv[idx] = torch.where(per_example(better, x), run.output(cfg.keep), x_adv[idx])
         loss_best[idx] = torch.where(better, run.loss_best, loss_best[idx])
         correct[idx] &= run.correct
-    return x_adv, correct, loss_best
+    return x_adv, correct, loss_best, out.n_zero_grad
+
+
+def _width(x: torch.Tensor, ball: Ball, cfg: APGDConfig) -> int:
+    """The l1 computations' width for inputs like x (see `compact_width`)."""
+    return compact_width(x[0].numel(), cfg.l1_sparsity, ball.eps)
 
 
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, n_iter: int = 10,
@@ -177,10 +186,12 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: flo
     from the attack's own forward passes: n_iter + 1 forwards and n_iter backwards per run.
     With `return_loss` (keep='loss' only) also the (B,) attack loss at x_adv.
     The model's train/eval flags are restored, parameter gradients and x are left untouched.
+    The host waits for the device once per call (twice for l1, see `run_compacted`; once more
+    for a DLR loss's zero-gradient check), never inside the loop.
     """
     cfg = APGDConfig.from_options(n_iter=n_iter, **options)
     ball = make_ball(norm, eps)
-    check_batch(x, y)
+    y_max = check_batch(x, y)
     needs_target = get_loss(cfg.loss)[1] and cfg.loss != 'kl'
     if needs_target and y_target is None:
         raise ValueError(f"loss {cfg.loss!r} needs y_target")
@@ -196,7 +207,10 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: flo
     with eval_mode(model), torch.enable_grad():
         if cfg.loss == 'kl':   # the loss's third argument is the reference output, not a class
             y_target = clean_reference(model, x) if reference is None else reference.detach()
-        x_adv, correct, loss = _run_restarts(model, x, y, ball, cfg, y_target)
+        x_adv, correct, loss, n_zero = run_compacted(
+            ball, _width(x, ball, cfg), lambda b: _run_restarts(model, x, y, b, cfg, y_target, y_max), x.device)
+    if n_zero is not None:
+        warn_zero_count(n_zero, len(x))
     return (x_adv, correct, loss) if return_loss else (x_adv, correct)
 
 
@@ -213,27 +227,42 @@ def apgd_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
 
     Returns (x_adv, correct): a misclassified point where one was found (x itself where the
     example is robust or already misclassified clean) and the per-example robustness flag.
+    Host syncs: one per target class (which examples are still robust) and three per call.
     """
     options = {**EVALUATION, 'loss': 'dlr-targeted', **options, 'n_iter': n_iter, 'keep': 'misclassified'}
-    check_batch(x, y)
+    y_max = check_batch(x, y)
     if n_target_classes < 1:
         raise ValueError(f"n_target_classes must be >= 1, got {n_target_classes}")
     x, y = x.detach(), y.detach().long()
     with eval_mode(model), torch.no_grad():
         logits = model(x)
-    check_labels(y, logits)
+    check_labels(y, logits, y_max)
     n_classes = logits.shape[1]
     min_classes = get_loss(options['loss'])[2]
     if n_classes < min_classes:
         raise ValueError(f"loss {options['loss']!r} needs at least {min_classes} classes, the model has {n_classes}")
+    cfg = APGDConfig.from_options(**options)
+    ball = make_ball(norm, eps)
+    if cfg.loss == 'kl' and not cfg.random_start:
+        raise ValueError("loss 'kl' needs random_start=True: its gradient is zero at the clean point")
     ranking = logits.argsort(dim=1, descending=True)       # (B, K)
-    correct = ranking[:, 0] == y
-    x_adv = x.clone()
-    for rank in range(1, min(n_target_classes, n_classes - 1) + 1):
-        idx = correct.nonzero()[:, 0]
-        if idx.numel() == 0:
-            break
-        x_r, c_r = apgd(model, x[idx], y[idx], norm, eps, y_target=ranking[idx, rank], **options)
-        x_adv[idx] = torch.where(per_example(c_r, x), x_adv[idx], x_r)
-        correct[idx] = c_r
+
+    def attack(b):
+        correct = ranking[:, 0] == y
+        x_adv, n_zero = x.clone(), None
+        for rank in range(1, min(n_target_classes, n_classes - 1) + 1):
+            idx = correct.nonzero()[:, 0]
+            if idx.numel() == 0:
+                break
+            target = clean_reference(model, x[idx]) if cfg.loss == 'kl' else ranking[idx, rank]
+            x_r, c_r, _, zeros = _run_restarts(model, x[idx], y[idx], b, cfg, target, y_max)
+            x_adv[idx] = torch.where(per_example(c_r, x), x_adv[idx], x_r)
+            correct[idx] = c_r
+            n_zero = (zeros, len(idx)) if n_zero is None else n_zero   # the first target's, as warned
+        return x_adv, correct, n_zero
+
+    with eval_mode(model), torch.enable_grad():
+        x_adv, correct, n_zero = run_compacted(ball, _width(x, ball, cfg), attack, x.device)
+    if n_zero is not None and n_zero[0] is not None:
+        warn_zero_count(*n_zero)
     return x_adv, correct

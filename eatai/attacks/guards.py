@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 __all__ = ['eval_mode', 'check_batch', 'check_labels', 'check_model_outputs', 'looks_like_probabilities',
-           'warn_zero_gradients']
+           'warn_zero_gradients', 'zero_gradients', 'warn_zero_count']
 
 
 @contextmanager
@@ -25,8 +25,11 @@ def eval_mode(model: nn.Module):
             module.training = training
 
 
-def check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
-    """Raise ValueError unless x is a float batch in [0,1] and y matching integer labels."""
+def check_batch(x: torch.Tensor, y: torch.Tensor) -> int | None:
+    """Raise ValueError unless x is a float batch in [0,1] and y matching integer labels.
+
+    Returns the largest label, for `check_labels` (None if x is empty): every value checked is
+    read back from the device in one host sync."""
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError(f"x and y must be torch tensors, got {type(x).__name__} and {type(y).__name__}")
     if not x.is_floating_point():
@@ -38,25 +41,34 @@ def check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
     if y.is_floating_point() or y.dtype == torch.bool:
         raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
     if x.numel() == 0:
-        return
-    if not bool(torch.isfinite(x).all()):
+        return None
+    # labels in float64 are exact below 2**53
+    values = (torch.isfinite(x).all(), x.min(), x.max(), y.min(), y.max())
+    finite, lo, hi, y_min, y_max = torch.stack([v.to(torch.float64) for v in values]).tolist()
+    if not finite:
         raise ValueError("x contains NaN or infinite values")
-    lo, hi = x.min().item(), x.max().item()
     if lo < 0 or hi > 1:
         raise ValueError(
             f"inputs must lie in [0,1] pixel space (got min {lo:.3g}, max {hi:.3g}): eps is measured there. "
             "If the data are normalised, remove Normalize from the data pipeline and put the "
             "normalisation inside the model instead.")
-    if int(y.min()) < 0:
-        raise ValueError(f"labels must be >= 0, got {int(y.min())}")
+    if y_min < 0:
+        raise ValueError(f"labels must be >= 0, got {int(y_min)}")
+    return int(y_max)
 
 
-def check_labels(y: torch.Tensor, logits: torch.Tensor) -> None:
-    """Raise ValueError if the model's output is not (B, K) logits covering the labels."""
+def check_labels(y: torch.Tensor, logits: torch.Tensor, y_max: int | None = None) -> None:
+    """Raise ValueError if the model's output is not (B, K) logits covering the labels.
+
+    y_max: the largest label if known (from `check_batch`); None reads it from y (a host sync)."""
     if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
         raise ValueError(f"the model must return logits of shape ({y.shape[0]}, n_classes), got {tuple(logits.shape)}")
-    if y.numel() and int(y.max()) >= logits.shape[1]:
-        raise ValueError(f"label {int(y.max())} is out of range for a model with {logits.shape[1]} outputs")
+    if not y.numel():
+        return
+    if y_max is None:
+        y_max = int(y.max())
+    if y_max >= logits.shape[1]:
+        raise ValueError(f"label {y_max} is out of range for a model with {logits.shape[1]} outputs")
 
 
 def looks_like_probabilities(out: torch.Tensor) -> bool:
@@ -80,11 +92,22 @@ def check_model_outputs(model: nn.Module, x: torch.Tensor) -> None:
                       "makes attack results unreliable (AutoAttack's version='rand' handles such models)", stacklevel=2)
 
 
+def zero_gradients(grad: torch.Tensor) -> torch.Tensor:
+    """How many examples have an all-zero input gradient, as a 0-d tensor (no host sync)."""
+    return (grad.flatten(1).abs().amax(dim=1) == 0).sum()
+
+
 def warn_zero_gradients(grad: torch.Tensor) -> None:
     """Warn if some examples have an all-zero input gradient: a sign of gradient masking, on
     which gradient attacks overestimate robustness."""
-    n_zero = int((grad.flatten(1).abs().amax(dim=1) == 0).sum())
+    warn_zero_count(zero_gradients(grad), len(grad), stacklevel=4)
+
+
+def warn_zero_count(n_zero: torch.Tensor, n: int, stacklevel: int = 3) -> None:
+    """`warn_zero_gradients` from a count taken before by `zero_gradients` on n examples; reads the
+    count back (one host sync). The warning points at the line `stacklevel` frames up."""
+    n_zero = int(n_zero)
     if n_zero:
-        warnings.warn(f"{n_zero} of {len(grad)} examples have a zero input gradient: the model may mask gradients "
+        warnings.warn(f"{n_zero} of {n} examples have a zero input gradient: the model may mask gradients "
                       "(e.g. saturated or quantised outputs); robust accuracy from gradient attacks may be "
-                      "overestimated", stacklevel=3)
+                      "overestimated", stacklevel=stacklevel)

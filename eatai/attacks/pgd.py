@@ -9,7 +9,7 @@ from torch import nn
 from ._autograd import input_grad
 from .apgd import clean_reference
 from ._shapes import per_example
-from .balls import Ball, make_ball
+from .balls import Ball, compact_width, make_ball, run_compacted
 from .guards import check_batch, check_labels, eval_mode
 from .losses import get_loss
 
@@ -28,8 +28,7 @@ def steepest_direction(ball: Ball, grad: torch.Tensor, x_adv: torch.Tensor,
         return ball.direction(grad)
     blocked = ((x_adv <= 0) & (grad < 0)) | ((x_adv >= 1) & (grad > 0))
     grad = grad.masked_fill(blocked, 0)
-    sparsity = grad.new_full((grad.shape[0],), 1 - percentile / 100)
-    return ball.direction(grad, sparsity)
+    return ball.direction(grad, 1 - percentile / 100)
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, n_iter: int = 10,
@@ -57,11 +56,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: floa
     if loss == 'kl' and not random_start:
         raise ValueError("loss 'kl' needs random_start=True: its gradient is zero at the clean point")
     loss_fn = get_loss(loss)[0]
-    check_batch(x, y)
+    y_max = check_batch(x, y)
     x, y = x.detach(), y.detach().long()
-    with eval_mode(model), torch.enable_grad():
-        if loss == 'kl':
-            reference = clean_reference(model, x) if reference is None else reference.detach()
+
+    def attack(ball):   # `ball`, its l1 computations compacted (see `run_compacted`)
         x_adv = ball.random_start(x, generator) if random_start else x.clone()
         best, loss_best, correct = x_adv, None, None
         for i in range(n_iter + 1):
@@ -69,7 +67,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: floa
             with torch.set_grad_enabled(i < n_iter):
                 logits = model(x_adv)
                 if i == 0:
-                    check_labels(y, logits)
+                    check_labels(y, logits, y_max)
                 value = loss_fn(logits, y, reference)
             ok = logits.detach().argmax(dim=1) == y
             correct = ok if correct is None else correct & ok
@@ -85,4 +83,12 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: floa
             grad = input_grad(value, x_adv, grad_scale)
             with torch.no_grad():
                 x_adv = ball.project(x, x_adv + step * steepest_direction(ball, grad, x_adv))
+        return best, correct, loss_best
+
+    with eval_mode(model), torch.enable_grad():
+        if loss == 'kl':
+            reference = clean_reference(model, x) if reference is None else reference.detach()
+        # no host sync in the loop; one after it for SLIDE (l1), see `run_compacted`
+        width = compact_width(x[0].numel(), 1 - SLIDE_PERCENTILE / 100, ball.eps)
+        best, correct, loss_best = run_compacted(ball, width, attack, x.device, () if generator is None else (generator,))
     return (best, correct, loss_best) if return_loss else (best, correct)

@@ -62,8 +62,17 @@ class _RampLoss:
         self.default_lam = self.LAM_FINETUNE if finetune else self.LAM_SCRATCH
 
     def _record_kl(self, l_kl: torch.Tensor) -> None:
-        self._kl_sum += l_kl.item()
+        # summed on the device in float64, from the host's sum, and read back with the statistics:
+        # the same running sum as before, without a host sync per batch
+        if self._kl_pending is None:
+            self._kl_pending = torch.full((), self._kl_sum, dtype=torch.float64, device=l_kl.device)
+        self._kl_pending = self._kl_pending + l_kl.double()
         self._kl_batches += 1
+
+    def _read_kl(self) -> None:
+        """Bring the KL sum kept on the device back to `_kl_sum` (one host sync)."""
+        if self._kl_pending is not None:
+            self._kl_sum, self._kl_pending = self._kl_pending.item(), None
 
 
 class RAMP(_RampLoss, Strategy):
@@ -91,8 +100,8 @@ class RAMP(_RampLoss, Strategy):
         return self.pair + ('union',)
 
     def set_epoch(self, epoch):
-        self._wins, self._seen = torch.zeros(2, dtype=torch.long), 0
-        self._kl_sum, self._kl_batches = 0.0, 0
+        self._wins, self._seen, self._wins_pending = torch.zeros(2, dtype=torch.long), 0, None
+        self._kl_sum, self._kl_batches, self._kl_pending = 0.0, 0, None
 
     def perturb(self, settings, model, x, y):
         q, r = self.pair
@@ -104,12 +113,20 @@ class RAMP(_RampLoss, Strategy):
     def _loss(self, pred, y):
         b = len(y)
         loss, winner, l_kl = ramp_loss(pred[:b], pred[b:], y, self.lam_value)
-        self._wins += torch.bincount(winner, minlength=2).cpu()
+        wins = torch.stack([(winner == 0).sum(), (winner == 1).sum()])   # a bincount would sync on a GPU
+        self._wins_pending = wins if self._wins_pending is None else self._wins_pending + wins
         self._seen += b
         self._record_kl(l_kl)
         return loss
 
+    def _read(self) -> None:
+        """Bring the counts kept on the device back to the host (one host sync, per epoch or save)."""
+        if self._wins_pending is not None:
+            self._wins, self._wins_pending = self._wins + self._wins_pending.cpu(), None
+        self._read_kl()
+
     def stats(self):
+        self._read()
         local = torch.cat([self._wins.double(), torch.tensor([float(self._seen), self._kl_sum, float(self._kl_batches)])])
         total = all_reduce_sum(local).tolist()
         seen, kl_sum, kl_batches = total[2:]
@@ -118,6 +135,7 @@ class RAMP(_RampLoss, Strategy):
         return out
 
     def state_dict(self):
+        self._read()
         return {'lam': self.lam, 'pair': self.pair, 'default_lam': self.default_lam, 'wins': self._wins.clone(),
                 'seen': self._seen, 'kl_sum': self._kl_sum, 'kl_batches': self._kl_batches}
 
@@ -152,10 +170,10 @@ class EATPair(_RampLoss, EAT):
         super().__init__(beta, seed)
         self.lam, self.partner_iter, self.default_lam = lam, partner_iter, self.LAM_SCRATCH
         self.stat_names = tuple(f'prob_{n}' for n in self.norms) + ('kl',)
-        self._kl_sum, self._kl_batches = 0.0, 0
+        self._kl_sum, self._kl_batches, self._kl_pending = 0.0, 0, None
 
     def set_epoch(self, epoch):
-        self._kl_sum, self._kl_batches = 0.0, 0
+        self._kl_sum, self._kl_batches, self._kl_pending = 0.0, 0, None
 
     def perturb(self, settings, model, x, y):
         norm = self.choose()
@@ -175,17 +193,19 @@ class EATPair(_RampLoss, EAT):
         return loss
 
     def stats(self):
+        self._read_kl()
         kl_sum, kl_batches = all_reduce_sum(torch.tensor([self._kl_sum, float(self._kl_batches)])).tolist()
         return {**super().stats(), 'kl': kl_sum / kl_batches if kl_batches else math.nan}
 
     def state_dict(self):
+        self._read_kl()
         return {**super().state_dict(), 'lam': self.lam, 'partner_iter': self.partner_iter,
                 'default_lam': self.default_lam, 'kl_sum': self._kl_sum, 'kl_batches': self._kl_batches}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.lam, self.partner_iter, self.default_lam = state['lam'], state['partner_iter'], state['default_lam']
-        self._kl_sum, self._kl_batches = state['kl_sum'], state['kl_batches']
+        self._kl_sum, self._kl_batches, self._kl_pending = state['kl_sum'], state['kl_batches'], None
 
     def __repr__(self):
         return f"EATPair(lam={self.lam}, partner_iter={self.partner_iter})"
