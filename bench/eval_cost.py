@@ -23,7 +23,9 @@ sample test images (500 at most):
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import sys
 import time
 
 import torch
@@ -102,6 +104,8 @@ def main(argv=None) -> dict:
     model = load_model(DEMO_CHECKPOINT).eval()
     threats, budget = list(default_threats('cifar10')), EvalBudget.from_name(args.budget)
     out = {'n': args.n, 'budget': budget.label, 'bs': args.bs, 'threads': torch.get_num_threads()}
+    out['provenance'] = {'command': ' '.join(['python', 'bench/eval_cost.py'] + (sys.argv[1:] if argv is None else argv)),
+                         'date': datetime.date.today().isoformat(), 'machine': f'{out["threads"]} CPU threads'}
     if not args.skip_part1:
         x, y = x_all[:args.n], y_all[:args.n]
         flags_naive, t_naive = timed(lambda: naive(model, x, y, threats, budget, args.bs))

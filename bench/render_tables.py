@@ -65,7 +65,9 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 def caption(data: dict, what: str = '') -> str:
     """`command` (date, machine; note): what -- from the JSON's provenance, else from the args a script wrote."""
-    p = data.get('provenance')
+    # provenance as a block, or as top-level keys (as bench/attack_syncs.py writes them)
+    p = data.get('provenance') or ({k: data[k] for k in ('command', 'date', 'machine', 'note') if k in data}
+                                   if 'command' in data else None)
     if p:
         where = ', '.join(x for x in (p.get('date'), p.get('machine')) if x)
         if p.get('note'):
@@ -356,6 +358,52 @@ def mutation(d):
 def zoo_check(d):
     return (caption(d) + f": {d['passed']} of {d['entries']} entries have RobustBench's parameter count and load "
             f"its state-dict layout strictly (robustbench {d['robustbench']}'s files).")
+
+
+@register('eval_floor.json')
+def eval_floor(d):
+    p = d['part1']
+    s, floor = p['seconds'], p['floor seconds']
+    rows = [['the floor: the cheapest order of the same attacks for the same verdicts', f'{floor:.1f}', '1.00'],
+            ['eatai `union_only` (order learned on its first chunk)', f"{s['eatai union_only']:.1f}", f"{p['ratio union_only / floor']:.2f}"],
+            ['eatai per norm', f"{s['eatai per norm']:.1f}", f"{p['ratio per norm / floor']:.2f}"],
+            ['naive: AutoAttack per norm, every point', f"{s['naive']:.1f}", f"{p['ratio naive / floor']:.2f}"]]
+    simulated = '; '.join(f'{k}: {v:.3f}x' for k, v in p['simulated ratio to floor'].items())
+    same = p['union_only union == per-norm union']
+    return (caption(d, f"the bundled checkpoint, first {d['n']} sample test images, {d['budget']}") + '\n\n'
+            + table(['protocol', 'seconds', '/ floor'], rows)
+            + f"\n\n`union_only`'s union {'is identical to' if same else 'differs from'} the per-norm union, point by point. "
+              f"The order it learned: {', '.join(f'`{a}`' for a in p['union_only learned order'])}. "
+              f"Orders replayed on the per-norm run's log, as ratios to the floor: {simulated}.")
+
+
+@register('attack_syncs.json', 'attack_syncs_before.json')
+def attack_syncs(after, before):
+    def counts(d):
+        return {(r['attack'], r['n_iter']): r for r in d['results']}
+    a, b = counts(after), counts(before)
+    iters = sorted({n for _, n in a})
+    attacks = list(dict.fromkeys(name for name, _ in a))
+    rows = [[name] + [f"{b[name, n]['syncs']} → {a[name, n]['syncs']}" if (name, n) in b else str(a[name, n]['syncs'])
+                      for n in iters]
+            + [', '.join(f'{k} {v}' for k, v in sorted(a[name, iters[-1]]['by_kind'].items()))]
+            for name in attacks]
+    return (caption(after, f"host-device synchronisations per call, {after['args']['batch']} CIFAR-sized points; "
+                           f"before (`{before['command']}` on {before.get('commit', 'the previous commit')}) → after")
+            + '\n\n' + table(['attack'] + [f'{n} iterations' for n in iters] + ['kinds, after'], rows))
+
+
+@register('compile.json')
+def compile_cost(d):
+    r, a = d['results'], d['args']
+    kinds = ['eager', 'compiled model', '+ attack']
+    rows = [[what] + [f"{r[what][k]['seconds']:.2f}" if k in r[what] else '' for k in kinds]
+            + [f"{r[what]['compiled model']['first_call_s']:.1f}"] for what in r]
+    breaks = '; '.join(f"{norm}: {g['breaks']} graph breaks" for norm, g in d.get('graph_breaks', {}).items())
+    return (caption(d, f"seconds per call, {MODEL.get(a['arch'], a['arch'])}, batch {a['batch']}, {a['n_iter']}-step APGD, "
+                       f"backend {a['backend']} on {a['device']}")
+            + '\n\n' + table(['call', 'eager', 'compiled model', 'compiled model + attack step', 'first compiled call'], rows)
+            + (f'\n\n{breaks}.' if breaks else ''))
 
 
 # ---- pages ----

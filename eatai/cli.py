@@ -8,7 +8,7 @@ from pathlib import Path
 from ._utils.args import (ArgumentParser, data_source, lp_exponent, positive_float, positive_int, radius, random_seed,
                     threat_model)
 from .evaluation.budget import BUDGETS
-from .threats import DEFAULT_EPS
+from .threats import DEFAULT_EPS, default_threats
 
 __all__ = ['main', 'build_parser']
 
@@ -39,9 +39,18 @@ def _eval(args) -> int:
     dls = sample_dls(bs=args.bs) if args.data == 'sample' else cifar10_dls(bs=args.bs, path=args.data)
     learn = robust_learner(dls, args.model, dataset=args.dataset)
     n = args.n if args.n is not None else min(1000, len(dls.valid_ds))
-    result = learn.robust_eval(n=n, threats=args.threat or None, budget=args.budget, seed=args.seed, bs=args.bs,
-                               name=Path(str(args.model)).name)
+    threats = args.threat or None
+    if args.corruptions:
+        from .evaluation import CORRUPTIONS
+        threats = (threats or list(default_threats(args.dataset))) + [
+            f'corruption:{c}:{s}' for c in CORRUPTIONS for s in range(1, 6)]
+    result = learn.robust_eval(n=n, threats=threats, budget=args.budget, seed=args.seed, bs=args.bs,
+                               name=Path(str(args.model)).name, unforeseen=args.unforeseen)
     print_results([(result.model, result)])
+    if args.corruptions:
+        from .evaluation import corruption_table
+        from rich.console import Console
+        Console().print(corruption_table(result))
     if args.out:
         result.to_json(args.out)
         print(f'results written to {args.out}')
@@ -161,7 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument('--model', required=True, help='an eatai checkpoint (.pt/.safetensors), a timm model name or a zoo id')
     ev.add_argument('--data', type=data_source, default='sample', help="'sample' (bundled) or a CIFAR-10 folder / .npz")
     ev.add_argument('--dataset', default='cifar10', choices=list(DEFAULT_EPS), help='whose default radii to use')
-    ev.add_argument('--threat', action='append', type=threat_model, help="threat model such as 'linf:8/255' (repeatable)")
+    ev.add_argument('--threat', '--threats', action='extend', nargs='+', type=threat_model,
+                    help="threat models such as 'linf:8/255' 'stadv:0.05' (default: the paper's l-inf, l2, l1)")
+    ev.add_argument('--unforeseen', action='store_true',
+                    help='also the unforeseen set (larger l_p radii, StAdv, ReColorAdv, JPEG): its average and worst case')
+    ev.add_argument('--corruptions', action='store_true',
+                    help='also the 15 common corruptions at severities 1-5 (mCA), outside the union')
     ev.add_argument('--n', type=positive_int, default=None,
                     help='test points (default: 1000, or all of a smaller test set)')
     ev.add_argument('--bs', type=positive_int, default=250,

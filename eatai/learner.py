@@ -24,8 +24,8 @@ from .attacks import check_model_outputs
 from .callbacks import AdaptiveProgress, AdversarialTraining
 from .data import check_dls
 from .data.loaders import first_batch, first_items
-from .evaluation import (EvalBudget, RobustnessCurves, RobustResult, adversarial_examples, check_n, evaluate_robustness,
-                         parse_threats, robustness_curves)
+from .evaluation import (CORRUPTIONS, EvalBudget, RobustnessCurves, RobustResult, adversarial_examples, check_n,
+                         evaluate_robustness, parse_threats, robustness_curves, unforeseen_threats)
 from .models import Normalized, load_model, load_weights
 from .models.checkpoint import uncompiled_keys
 from .models.zoo import is_zoo_id
@@ -193,17 +193,36 @@ def robust_learner(dls, arch, mean=None, std=None, weights=None, dataset: str = 
 @patch
 def robust_eval(self: Learner, n: int = 1000, threats=None, budget='standard', dl=None, bs: int = 250,
                 union_only: bool = False, seed: int = 0, progress: bool = True, name: str | None = None,
-                resume_file=None) -> RobustResult:
+                resume_file=None, unforeseen: bool = False) -> RobustResult:
     """Clean, per-threat and union robust accuracy of the model on the first `n` validation
     items: budget 'standard' (APGD-CE then APGD-T, AutoAttack's settings), 'autoattack' (full
     AutoAttack) or 'quick' (see `evaluate_robustness`, which also explains `union_only`).
+    unforeseen: also the threats outside training's l_p balls (`UNFORESEEN`: larger radii, StAdv,
+    ReColorAdv, JPEG), outside the union, summarised as group 'unforeseen' (average and worst case).
     resume_file: keep finished chunks there, so an interrupted evaluation picks up where it stopped."""
     check_n(n)
     EvalBudget.from_name(budget)   # a typo fails before any data is read, and so does an unknown threat
     threats = _threats(self, threats)
+    union = groups = None
+    if unforeseen:
+        union = [t for t in threats if t.in_union]
+        extra = [t for t in _threats(self, unforeseen_threats(_dataset(self))) if str(t) not in map(str, threats)]
+        threats, groups = threats + extra, {'unforeseen': [str(t) for t in extra]}
     x, y = first_items(dl if dl is not None else self.dls.valid, n)
     return evaluate_robustness(self.model, x, y, threats=threats, budget=budget, bs=bs, union_only=union_only,
-                               seed=seed, device=_device(self), progress=progress, name=name, resume_file=resume_file)
+                               seed=seed, device=_device(self), progress=progress, name=name, resume_file=resume_file,
+                               union=union, groups=groups)
+
+
+@patch
+def corruption_eval(self: Learner, severities=(1, 2, 3, 4, 5), corruptions=None, n: int = 1000, dl=None,
+                    bs: int = 250, progress: bool = True, name: str | None = None, resume_file=None) -> RobustResult:
+    """Accuracy under common corruptions (CIFAR-10-C's 15 types by default, `EXTRA_CORRUPTIONS` on request)
+    at `severities`, on the first `n` validation items; `result.mca` is their mean, `corruption_table(result)`
+    shows them one by one. Corrupted images are cached on disk (see `eatai.evaluation.corruptions`)."""
+    names = CORRUPTIONS if corruptions is None else [corruptions] if isinstance(corruptions, str) else corruptions
+    threats = [f'corruption:{c}:{s}' for c in names for s in severities]
+    return self.robust_eval(n=n, threats=threats, dl=dl, bs=bs, progress=progress, name=name, resume_file=resume_file)
 
 
 @patch

@@ -51,6 +51,18 @@ class Flicker(nn.Module):
         return self.fc(x.flatten(1)) + bias
 
 
+class InputRecorder(nn.Module):
+    """The model, keeping a copy of every batch it is given."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.inputs = model, []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.model(x)
+
+
 class TrainingLosses(Callback):
     """Each training batch's (norm trained on, loss, batch size); the recorder keeps smoothed losses.
     The norm is read from `adversary` (an AdversarialTraining callback), None without one."""

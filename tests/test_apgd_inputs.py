@@ -1,15 +1,17 @@
 """APGD's edges: what it refuses (with which words), the empty batch, the KL attack's reference,
-and restarts that keep only the examples still robust."""
+restarts that keep only the examples still robust, ties in the loss, and its host syncs."""
 import importlib
 
 import pytest
 import torch
 from conftest import CountingModel, Flicker, TinyNet
 from test_evaluate import ConstantModel
+from torch import nn
 
 from eatai.attacks import APGDConfig, apgd
 from eatai.attacks.guards import check_batch
-from eatai.attacks.losses import kl_loss
+from eatai.attacks.losses import ce_loss, kl_loss
+from eatai.attacks.syncs import count_host_syncs
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -235,3 +237,45 @@ def test_targeted_l1_attack_too_narrow_runs_again_with_its_targets(tiny_net, bat
     narrow = apgd_targeted(tiny_net, x, y, 'l1', 9.0, n_iter=5, n_target_classes=2, seed=0)
     assert torch.equal(narrow[0], exact[0]) and torch.equal(narrow[1], exact[1])
     assert list(balls._WIDER) == [(9.0, 8)] and balls._WIDER[(9.0, 8)] >= 16
+
+
+def test_apgd_reads_from_the_device_once_per_call(tiny_net, batch):
+    """The batch's checks in one read, the labels' included (the first forward's check reuses it, in
+    every run); restarts and the loop add none; a DLR loss one more, its zero-gradient count, which a
+    cross-entropy does not take. l-inf: nothing compacted, no width to check."""
+    x, y = batch
+    tiny_net.eval()
+    for options, kinds in [({}, {'tolist': 1}), ({'n_restarts': 2, 'random_start': True, 'seed': 0}, {'tolist': 1}),
+                           ({'loss': 'dlr'}, {'tolist': 1, '__int__': 1})]:
+        with count_host_syncs() as syncs:
+            apgd(tiny_net, x, y, 'linf', 0.03, 2, **options)
+        assert syncs.by_kind() == kinds, options
+
+
+def saturated(n=4, size=4):
+    """A linear model whose logit for class 0, every label, is 30 above the others: its float32
+    cross-entropy is exactly 0 near x while the input gradient (1e-18 to 1e-15) is not, so attacks move
+    through points of equal loss."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, 10)).eval()
+    with torch.no_grad():
+        model[1].weight.mul_(0.01)
+        model[1].bias.zero_()[0] = 30.0
+    x = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+    y = torch.zeros(n, dtype=torch.long)
+    x_req = x.clone().requires_grad_(True)
+    grad, = torch.autograd.grad(ce_loss(model(x_req), y).sum(), x_req)
+    assert (ce_loss(model(x), y) == 0).all() and (grad != 0).all()
+    return model, x, y
+
+
+@pytest.mark.parametrize('norm, eps', [('linf', 0.03), ('l2', 0.3)])
+def test_the_highest_loss_iterate_is_the_first_of_equal_ones(norm, eps):
+    """keep='loss': a later iterate replaces the best only with a strictly higher loss (AutoAttack's
+    rule), in a run and across restarts; at a saturated loss the attack returns its start."""
+    model, x, y = saturated()
+    x_adv, correct = apgd(model, x, y, norm, eps, 4)
+    assert correct.all() and torch.equal(x_adv, x)
+    one = apgd(model, x, y, norm, eps, 4, random_start=True, seed=0)[0]
+    assert not torch.equal(one, x)
+    assert torch.equal(apgd(model, x, y, norm, eps, 4, random_start=True, seed=0, n_restarts=3)[0], one)

@@ -1,12 +1,15 @@
 """The attack losses against their formulas (AutoAttack's DLR and targeted DLR, TRADES' KL), and
 APGD-T's loop over target classes: which ranks it attacks, with which options, in eval mode."""
+import warnings
+
 import pytest
 import torch
-from conftest import CountingModel
+from conftest import CountingModel, InputRecorder, TinyNet
 from torch import nn
 
-from eatai.attacks import apgd, apgd_targeted
+from eatai.attacks import EVALUATION, apgd, apgd_targeted
 from eatai.attacks.losses import ce_targeted_loss, dlr_loss, dlr_targeted_loss, kl_loss
+from eatai.attacks.syncs import count_host_syncs
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -17,6 +20,8 @@ def test_dlr_loss_is_autoattacks_formula_per_example():
     y = torch.tensor([0, 0])
     expected = torch.tensor([-(5 - 3) / (5 - 1), -(2 - 6) / (6 - 1)])
     assert torch.allclose(dlr_loss(z, y), expected)
+    # the top three logits tied (saturated outputs): + 1e-12 in the denominator, as AutoAttack, keeps the sign
+    assert dlr_loss(torch.tensor([[0.0, 0.0, 0.0, -1.0]]), torch.tensor([3])).item() == pytest.approx(1e12)
 
 
 def test_targeted_dlr_and_ce_are_autoattacks_formulas_per_example():
@@ -27,6 +32,8 @@ def test_targeted_dlr_and_ce_are_autoattacks_formulas_per_example():
     ce = ce_targeted_loss(z, y, t)
     assert ce.shape == (2,)
     assert torch.allclose(ce, torch.log_softmax(z, 1)[torch.arange(2), t])   # minus the CE to the target
+    tied = torch.tensor([[0.0, 0.0, 0.0, 0.0, -1.0]])                       # the top four tied
+    assert dlr_targeted_loss(tied, torch.tensor([4]), torch.tensor([0])).item() == pytest.approx(1e12)
 
 
 def test_kl_loss_is_kl_from_the_reference():
@@ -35,6 +42,9 @@ def test_kl_loss_is_kl_from_the_reference():
     p, q = ref.softmax(1), out.softmax(1)
     assert torch.allclose(kl_loss(out, None, ref), (p * (p.log() - q.log())).sum(1), atol=1e-6)
     assert torch.allclose(kl_loss(ref, None, ref), torch.zeros(3), atol=1e-7)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')                                # softmax over the class dim, named: no warning
+        kl_loss(out, None, ref)
 
 
 def confident(n_classes=10):
@@ -93,18 +103,57 @@ def test_apgd_t_checks_its_arguments_and_runs_in_eval_mode():
     model.register_forward_pre_hook(lambda m, inp: seen.append(m.training))
     apgd_targeted(model, x, y, 'linf', 1e-4, n_iter=2)
     assert seen and not any(seen) and model.training
+    with pytest.raises(ValueError, match=r'^inputs must lie in \[0,1\] pixel space'):
+        apgd_targeted(confident(), x + 1, y, 'linf', 1e-4, n_iter=2)
+    with pytest.raises(ValueError, match="^loss 'kl' needs random_start=True: its gradient is zero at the clean point"):
+        apgd_targeted(confident(), x, y, 'linf', 1e-4, n_iter=2, loss='kl', random_start=False)
 
 
-class Recorder(nn.Module):
-    """Keeps every input the attack evaluates the model at."""
+def apgd_t_one_target(model, x, y, norm, eps, n_iter, **options):
+    """APGD-T with one target class, from `apgd`: towards the second most likely clean class, on the
+    examples classified correctly; x itself where the example is misclassified clean or robust."""
+    with torch.no_grad():
+        logits = model(x)
+    idx = (logits.argmax(1) == y).nonzero()[:, 0]
+    target = logits.argsort(1, descending=True)[idx, 1]
+    options = {**EVALUATION, 'loss': 'dlr-targeted', **options, 'n_iter': n_iter, 'keep': 'misclassified'}
+    x_r, c_r = apgd(model, x[idx], y[idx], norm, eps, y_target=target, **options)
+    x_adv, correct = x.clone(), torch.zeros(len(y), dtype=torch.bool)
+    x_adv[idx] = torch.where(c_r[:, None, None, None], x[idx], x_r)
+    correct[idx] = c_r
+    return x_adv, correct
 
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.inputs = model, []
 
-    def forward(self, x):
-        self.inputs.append(x.detach().clone())
-        return self.model(x)
+@pytest.mark.parametrize('options', [{'seed': 0}, {'random_start': False}, {'loss': 'kl', 'seed': 0},
+                                     {'loss': 'ce-targeted', 'seed': 0}])
+def test_apgd_t_is_apgd_towards_the_next_class_on_the_robust_examples(batch, options):
+    """With APGD's options, random_start=False and other losses included ('kl': away from the clean
+    output, the same for every target class)."""
+    x, _ = batch
+    model = TinyNet().eval()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:2] = (y[:2] + 1) % 10                                       # misclassified clean: left alone
+    x_adv, correct = apgd_targeted(model, x, y, 'linf', 0.05, n_iter=4, n_target_classes=1, **options)
+    expected, expected_correct = apgd_t_one_target(model, x, y, 'linf', 0.05, 4, **options)
+    assert torch.equal(x_adv, expected) and torch.equal(correct, expected_correct)
+    assert correct[2:].any() and not correct.all() and not correct[:2].any()
+
+
+def test_apgd_t_reads_from_the_device_once_per_target_class_and_call():
+    """The batch's checks (the labels' too) in one read, which examples are still robust before each
+    target class, and the zero-gradient count once at the end."""
+    x, y = points()
+    with count_host_syncs() as syncs:
+        _, correct = apgd_targeted(confident(), x, y, 'linf', 1e-4, n_iter=2, n_target_classes=2)
+    assert correct.all()
+    assert syncs.by_kind() == {'tolist': 1, 'nonzero': 2, '__int__': 1}
+
+
+def test_apgd_t_on_an_empty_batch_returns_empty_flags():
+    x, y = torch.rand(0, 3, 2, 2), torch.zeros(0, dtype=torch.long)
+    x_adv, correct = apgd_targeted(confident(), x, y, 'linf', 1e-4, n_iter=2)
+    assert x_adv.shape == x.shape and correct.shape == (0,) and correct.dtype == torch.bool
 
 
 @pytest.mark.parametrize('norm, eps', [('linf', 0.03), ('l2', 0.3)])
@@ -114,7 +163,7 @@ def test_apgd_iterates_follow_the_momentum_update(tiny_net, batch, norm, eps):
     x_{k+1} = P(x_k + 0.75 (z - x_k) + 0.25 (x_k - x_{k-1})), eta = 2 eps, s the steepest direction."""
     from eatai.attacks import make_ball
     x, y = batch
-    model = Recorder(tiny_net.eval())
+    model = InputRecorder(tiny_net.eval())
     apgd(model, x, y, norm, eps, n_iter=100)
     ball, eta = make_ball(norm, eps), 2 * eps
 

@@ -219,3 +219,83 @@ def test_run_compacted_runs_again_wider_from_the_same_random_state():
     widths.clear()
     assert balls.run_compacted(make_ball('linf', 0.1), 8, lambda b: widths.append(b) or 7, x.device) == 7
     assert len(widths) == 1 and widths[0].norm == 'linf'           # l-inf, l2: one run, the ball itself
+
+
+def test_l1_projection_of_bf16_pixels_near_0_takes_its_box_caps_in_float32():
+    """1 - x is not a bf16 number for x = 2^-11: caps rounded to bf16 would hand 187 coordinates 2^-11 too
+    much room each, and the five that share the rest of the budget would get 0.1 less between them."""
+    x = torch.full((2, 192), 2.0 ** -11).bfloat16()
+    delta = torch.full((2, 192), 2.0)
+    delta[:, :5] = 0.1 * torch.arange(1, 6)                  # five inside the box, the rest far past it
+    delta = delta.bfloat16()
+    out = l1_box_projection(x, delta, 187.25)
+    assert torch.equal(out, l1_box_projection(x.float(), delta.float(), 187.25).bfloat16())
+    assert out[0, 2:5].float().sum() > 0.3
+
+
+def test_contains_allows_float32_rounding_at_a_tiny_radius():
+    """x + eps * u in float32 lies on the sphere only up to ~3e-8: the 1e-7 of slack holds it at eps = 1e-3."""
+    x = interior()
+    for norm in ('linf', 'l2'):
+        u = torch.randn_like(x)
+        u = u / lp_norm(u, norm).view(-1, 1, 1, 1)
+        assert make_ball(norm, 1e-3).contains(x, x + 1e-3 * u).all()
+
+
+def test_the_overflow_flag_keeps_every_overflow_and_only_those():
+    from eatai.attacks.balls import L1Ball
+    grad = torch.randn(3, *D, generator=torch.Generator().manual_seed(1))            # d = 192
+    sparsity = torch.tensor([0.05, 0.2, 0.4])                                         # keeps 10, 39, 77
+    ball = L1Ball(2.0, 40)
+    ball.direction(grad[:2], sparsity[:2])
+    assert not ball.overflowed()
+    ball.direction(grad, sparsity)                                                    # 77 > 40
+    ball.direction(grad[:2], sparsity[:2])
+    assert ball.overflowed()                                                          # remembered after a call that fits
+    exact = L1Ball(2.0, 39)                                                           # keeps 39 of a top-39: fits
+    assert torch.equal(exact.direction(grad[:2], sparsity[:2]), make_ball('l1', 2.0).direction(grad[:2], sparsity[:2]))
+    assert not exact.overflowed()
+    half = L1Ball(2.0, 96)                                                            # d / 2: still compacted
+    half.direction(grad, torch.full((3,), 0.6))
+    assert half.overflow is not None and half.overflowed()
+    assert not make_ball('linf', 0.1).overflowed() and not make_ball('l2', 0.5).overflowed()
+
+
+def test_l1_direction_keeps_one_coordinate_at_the_least_and_all_at_sparsity_1():
+    ball = make_ball('l1', 2.0)
+    grad = torch.randn(3, *D, generator=torch.Generator().manual_seed(1))
+    d, g = grad[0].numel(), grad.reshape(3, -1).abs()
+    for sparsity in (1e-9, 0.0):                              # one number: (1 - s) * d rounds to d
+        out = ball.direction(grad, sparsity).reshape(3, -1)
+        assert (out != 0).sum(dim=1).tolist() == [1, 1, 1]
+        assert torch.equal(out.abs().argmax(dim=1), g.argmax(dim=1))
+    assert torch.equal(ball.direction(grad, torch.ones(3)), grad.sign() / d)
+
+
+def test_compact_width_is_an_int_and_d_over_8_at_the_least():
+    from eatai.attacks.balls import _most_kept, compact_width
+    assert compact_width(3072, 0.01, 4.0) == 384 and type(compact_width(3072, 0.01, 4.0)) is int   # d / 8 alone
+    assert type(compact_width(3072, 0.05, 12.0)) is int                                            # d / 8 = 32 eps
+    for d in (192, 3072, 150528):
+        for s in (0.01, 0.05, 0.2):
+            assert s * d <= _most_kept(s, d, torch.float32) <= s * d + 3     # what rounding can add, no more
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='the device generator exists on a GPU only')
+def test_run_compacted_restores_the_device_generator_too():
+    """On a GPU the attack's draws come from the device's generator: a rerun must start from its state too."""
+    from eatai.attacks import balls
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(3)).cuda()
+    widths = []
+
+    def run(b):
+        widths.append(b.width)
+        return b.project(x, x + 0.3 * torch.randn(x.shape, device=x.device))   # needs more than 8
+    balls._WIDER.pop((5.0, 8), None)
+    torch.cuda.manual_seed(0)
+    out = balls.run_compacted(make_ball('l1', 5.0), 8, run, x.device)
+    after = torch.rand(1, device=x.device)
+    torch.cuda.manual_seed(0)
+    expected = balls.L1Ball(5.0, widths[-1]).project(x, x + 0.3 * torch.randn(x.shape, device=x.device))
+    assert len(widths) > 1 and torch.equal(out, expected) and torch.equal(after, torch.rand(1, device=x.device))
+    balls._WIDER.pop((5.0, 8), None)

@@ -1,5 +1,6 @@
 """What an evaluation costs: the floor from a per-step log, the greedy order, and union_only's learned order."""
 import json
+import time
 
 import pytest
 from conftest import softmax_regression
@@ -32,6 +33,37 @@ def test_the_floor_charges_every_step_to_robust_points_and_the_cheapest_breaker_
 def test_greedy_order_puts_most_breaks_per_second_first_and_unattacked_steps_last():
     stats = {'slow': (10, 5, 10.0), 'fast': (10, 2, 1.0), 'idle': (0, 0, 0.0), 'none': (10, 0, 2.0)}
     assert greedy_order(stats) == ['fast', 'slow', 'none', 'idle']
+
+
+def test_greedy_order_puts_steps_timed_at_zero_or_with_no_point_last():
+    """A clock too coarse to see a step, or time spent with no point attacked, gives no rate."""
+    stats = {'idle': (0, 0, 0.5), 'instant': (3, 1, 0.0), 'none': (10, 0, 2.0), 'fast': (10, 2, 1.0)}
+    assert greedy_order(stats) == ['fast', 'none', 'idle', 'instant']
+
+
+def test_a_threats_seconds_add_up_its_steps_and_fit_in_the_call():
+    model, x, y = softmax_regression(n=12, size=4)
+    start = time.perf_counter()
+    res = evaluate_robustness(model, x, y, threats=['linf:0.03', 'l2:0.3'], budget=TINY, bs=6)
+    elapsed = time.perf_counter() - start
+    for threat in res.threats:
+        steps = [s['seconds'] for s in res.steps if s['threat'] == threat]
+        assert len(steps) == 2 and res.seconds[threat] == pytest.approx(sum(steps))
+    assert all(0 <= s['seconds'] <= elapsed for s in res.steps)
+
+
+def test_union_only_learns_an_order_from_two_steps_on():
+    model, x, y = softmax_regression(n=40, size=4)
+    n_clean = int(sum(evaluate_robustness(model, x, y, threats=['linf:0.03'], budget=TINY).flags['clean']))
+    assert n_clean > 10
+    # one step: nothing to order, it runs once on every point
+    one = EvalBudget('apgd-ce only', linf=TINY.linf, attacks=('apgd-ce',))
+    res = evaluate_robustness(model, x, y, threats=['linf:0.03'], budget=one, bs=10, union_only=True)
+    assert [(s['attack'], s['attacked']) for s in res.steps] == [('apgd-ce', n_clean)]
+    # two steps: both on the first chunk (bs points), then both again, in the learned order, on the rest
+    res = evaluate_robustness(model, x, y, threats=['linf:0.03'], budget=TINY, bs=10, union_only=True)
+    assert len(res.steps) == 4 and res.steps[0]['attacked'] == 10
+    assert res.steps[2]['attacked'] == n_clean - 10
 
 
 def test_union_only_learns_its_order_on_the_first_chunk_and_keeps_the_union():

@@ -1,10 +1,12 @@
 """A point's verdict is its own: batch size, union_only, resuming; full AutoAttack; the resume
 file's model check; bad input to the evaluation entry points."""
 import json
+import logging
+import re
 
 import pytest
 import torch
-from conftest import softmax_regression
+from conftest import InputRecorder, softmax_regression
 from pyautoattack import AutoAttack
 from torch import nn
 
@@ -52,6 +54,29 @@ def test_square_verdicts_do_not_depend_on_batch_size():
     runs = [evaluate_robustness(model, x, y, threats=threats, budget=budget, bs=bs) for bs in (1, 3, 10)]
     assert runs[0].flags == runs[1].flags == runs[2].flags
     assert 0 < runs[0].union < runs[0].clean
+
+
+def test_lp_random_starts_are_keyed_to_the_seed_the_threat_and_the_attack():
+    """The first start an attack draws for each point (the first batch it gives the model that is not
+    the clean one), as a direction: another seed, threat or attack draws another one."""
+    from eatai.evaluation import AttackContext, LpThreat
+    model, x, _ = linear_model(n=4, n_flipped=0)
+    x = 0.25 + x / 2                                     # l2 starts of radius 0.2 stay inside [0,1]: no clipping
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)                       # every point correct: every point gets a start
+
+    def first_start(threat, attack='apgd-ce', seed=0):
+        recording = InputRecorder(model)
+        context = AttackContext(START_DECIDES, seed, 10, torch.device('cpu'), logging.getLogger('test'))
+        threat.attack(attack, recording, x, y, context)
+        start = next(b for b in recording.inputs if b.shape == x.shape and not torch.equal(b, x))
+        return (start - x) / threat.eps
+
+    base = first_start(LpThreat('l2', 0.1))
+    assert torch.equal(base, first_start(LpThreat('l2', 0.1)))                          # reproducible
+    for other in (first_start(LpThreat('l2', 0.1), seed=1), first_start(LpThreat('l2', 0.2)),
+                  first_start(LpThreat('l2', 0.1), 'apgd-t')):
+        assert not torch.allclose(base, other, atol=1e-3)
 
 
 class Interrupting(nn.Module):
@@ -182,7 +207,9 @@ def test_typo_in_budget_names_the_choices(budget):
 
 def test_model_returning_probabilities_is_refused():
     model, x, y = linear_model(n=3)
-    with pytest.raises(ValueError, match='probabilities.*softmax'):
+    message = ("the model returns probabilities (outputs in [0,1] summing to 1), not logits: the attacks' losses "
+               "need logits and would overestimate robustness; remove the final softmax (log-probabilities are fine)")
+    with pytest.raises(ValueError, match='^' + re.escape(message) + '$'):
         evaluate_robustness(nn.Sequential(model, nn.Softmax(dim=1)), x, y, budget='quick')
     # log-probabilities are logits up to a constant: accepted
     evaluate_robustness(nn.Sequential(model, nn.LogSoftmax(dim=1)), x[2:], y[2:], threats=['linf:1/255'],

@@ -1,4 +1,6 @@
 """evaluate_robustness: per-example union, exactness, AutoAttack's budget and agreement, hygiene."""
+import contextlib
+import io
 import json
 
 import pytest
@@ -80,6 +82,35 @@ def test_union_is_per_example():
     assert res.robust == pytest.approx({'linf:0.1': 0.4, 'l2:0.3': 0.6, 'l1:1': 0.4})
     assert (res.clean, res.union, res.n) == (pytest.approx(0.8), pytest.approx(0.2), 5)
     assert all(res.exact.values()) and res.threats == BOX_THREATS
+
+
+def test_each_step_logs_the_points_it_attacked_and_broke():
+    x, y, expected = box_points()
+    res = evaluate_robustness(SumModel(), x, y, threats=BOX_THREATS, budget='quick')
+    assert [(s['threat'], s['attack']) for s in res.steps] == [(t, a) for t in BOX_THREATS for a in ('apgd-ce', 'apgd-t')]
+    for ce, t in zip(res.steps[::2], res.steps[1::2]):
+        threat = ce['threat']
+        assert ce['attacked'] == sum(expected['clean']) and t['attacked'] == ce['attacked'] - len(ce['broken'])
+        broken = [i for i in range(5) if expected['clean'][i] and not expected[threat][i]]
+        assert sorted(ce['broken'] + t['broken']) == broken
+
+
+class FakeTerminal(io.StringIO):
+    """A stream that says it is a terminal: fastprogress draws its bars into it."""
+
+    def isatty(self):
+        return True
+
+
+def test_finished_progress_bars_are_erased_in_a_terminal():
+    model, x, y = softmax_regression(n=4, n_flipped=0)
+    screen = FakeTerminal()
+    with contextlib.redirect_stdout(screen):
+        evaluate_robustness(model, x, y, threats='linf:1/255', budget='quick', bs=2, progress=True)
+    text = screen.getvalue()
+    assert 'linf:1/255 apgd-ce' in text and '100.00%' in text           # fastprogress's bars were drawn
+    # and each one, once finished, was blanked out: the screen ends on an empty line
+    assert text.endswith('\r') and text.rsplit(']', 1)[1].strip(' \r') == ''
 
 
 def test_union_only_keeps_union_and_marks_upper_bounds():

@@ -24,6 +24,7 @@ def test_probabilities_are_told_from_logits():
     assert not looks_like_probabilities(torch.randn(4, 10))            # logits
     assert not looks_like_probabilities(torch.full((2, 3), 0.5))       # in [0,1], but rows sum to 1.5
     assert not looks_like_probabilities(torch.tensor([[1.5, -0.5]]))   # rows sum to 1, but outside [0,1]
+    assert not looks_like_probabilities(torch.tensor([[1 + 5e-5, 0.0]]))  # sums to 1 within the tolerance, above 1
     assert not looks_like_probabilities(probs[0])                      # not (B, K)
     assert not looks_like_probabilities(torch.zeros(0, 10))
 
@@ -99,11 +100,11 @@ def test_zero_gradients_are_counted_per_example():
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        attack()
+        attack(); line = sys._getframe().f_lineno                      # noqa: E702
     (w,) = caught
     assert str(w.message) == ("1 of 3 examples have a zero input gradient: the model may mask gradients (e.g. saturated "
                               "or quantised outputs); robust accuracy from gradient attacks may be overestimated")
-    assert w.filename == __file__ or not CALLER_LINE                   # the attack's caller
+    assert (w.filename, w.lineno) == (__file__, line) or not CALLER_LINE   # the attack's caller, not the attack
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         warn_zero_gradients(torch.randn(2, 5))
@@ -180,5 +181,39 @@ def test_attacks_warn_of_zero_gradients_once_per_call_at_the_callers_line():
         warnings.simplefilter('always')
         apgd(flat, x, y, 'l1', 1.0, loss='dlr', n_restarts=2, random_start=True); first = sys._getframe().f_lineno  # noqa: E702
         apgd_targeted(flat, x, robust, 'linf', 0.1, n_iter=3, n_target_classes=3); second = sys._getframe().f_lineno  # noqa: E702
+        apgd(flat, x, y, 'linf', 0.1, 3)      # cross-entropy: a saturated loss has zero gradients legitimately
     assert [str(w.message)[:9] for w in caught] == ['5 of 5 ex', '3 of 3 ex']   # apgd-t: the robust ones, first target
     assert [(w.filename, w.lineno) for w in caught] == [(__file__, first), (__file__, second)] or not CALLER_LINE
+
+
+class HalfDead(nn.Module):
+    """Linear where the first pixel is 1, constant logits (class 0) where it is 0: there the input
+    gradient is zero. The first pixel has no weight, so attacks without a random start never move it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(3 * 4 * 4, 10)
+        with torch.no_grad():
+            self.fc.weight[:, 0] = 0
+            self.fc.bias.zero_()[0] = 1.0
+
+    def forward(self, x):
+        live = (x.flatten(1)[:, :1] > 0.5).to(x.dtype)
+        return live * self.fc(x.flatten(1)) + (1 - live) * self.fc.bias.detach()
+
+
+def test_apgd_t_warns_of_the_zero_gradients_of_its_first_target_class():
+    """The count and the total of the first target class, whose attack sees every robust example,
+    not of a later one, which sees only those still robust (here, only the ones with zero gradients)."""
+    from eatai.attacks import apgd_targeted
+    model = HalfDead()
+    x = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    x.view(6, -1)[:, 0] = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 0.0])   # 4 live examples, 2 with zero gradients
+    with torch.no_grad():
+        y = model(x).argmax(1)                                          # all robust clean
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        _, correct = apgd_targeted(model, x, y, 'linf', 0.5, n_iter=5, n_target_classes=2, random_start=False)
+    assert correct.tolist() == [False] * 4 + [True] * 2                 # the live ones broken at the first target
+    assert [str(w.message)[:22] for w in caught] == ['2 of 6 examples have a']

@@ -1,18 +1,21 @@
 """PGD's and MSD's rules one at a time, each against a computation made here: the robustness flag
 as the AND over the iterates, which iterate is kept, the default step, the random start and its
-generator, the TRADES (KL) loss and its reference, SLIDE's blocked coordinates, eval mode, and
-the argument checks."""
+generator, the TRADES (KL) loss and its reference, SLIDE's blocked coordinates, eval mode, the
+argument and batch checks, ties in the loss, grad_scale under fp16, and the host syncs."""
 import importlib
 
 import pytest
 import torch
 from conftest import CountingModel, Flicker, TinyNet
+from test_apgd_inputs import saturated
+from test_precision import faint
 from torch import nn
 
 from eatai.attacks.losses import ce_loss, kl_loss
 from eatai.attacks.msd import msd
 from eatai.attacks.pgd import pgd, steepest_direction
 from eatai.attacks import make_ball
+from eatai.attacks.syncs import count_host_syncs
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -203,3 +206,90 @@ def test_slide_too_narrow_for_its_iterates_runs_again_from_its_generator(tiny_ne
     reference = torch.Generator().manual_seed(2)
     torch.randn(x.shape, generator=reference)
     assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=reference))   # drawn from once
+
+
+def test_pgd_and_msd_check_the_batch_and_the_labels_first(tiny_net, batch):
+    """In the checks' words: inputs out of [0,1], and a label the model cannot output, found at the
+    clean forward, before the cross-entropy would fail on it with an IndexError of its own."""
+    x, y = batch
+    tiny_net.eval()
+    for attack in (lambda x, y: pgd(tiny_net, x, y, 'linf', 0.03, 2),
+                   lambda x, y: msd(tiny_net, x, y, {'linf': 0.03}, 2)):
+        with pytest.raises(ValueError, match=r'^inputs must lie in \[0,1\] pixel space'):
+            attack(x + 1, y)
+        with pytest.raises(ValueError, match='^label 10 is out of range for a model with 10 outputs$'):
+            attack(x, torch.full_like(y, 10))
+
+
+@pytest.mark.parametrize('shape, norm, eps, kinds', [
+    ((3, 16, 16), 'linf', 0.03, {'tolist': 1}),
+    ((3, 16, 16), 'l1', 9.0, {'tolist': 1, '__bool__': 1}),
+    ((1, 8, 8), 'l1', 0.5, {'tolist': 1}),
+    ((134,), 'l1', 0.5, {'tolist': 1, '__bool__': 1}),
+])
+def test_pgd_reads_from_the_device_once_and_slide_once_more(shape, norm, eps, kinds):
+    """The batch's checks in one read, the labels' included. SLIDE's top-k and projection are compacted
+    to a width fixed in advance (288 of 768 coordinates here): one more read after the loop, whether
+    an example needed more. The width, 64 plus 1.5 times SLIDE's 1% of the coordinates, compacts
+    only up to half of them: not on 64 coordinates (65), nothing to ask; just so on 134 (67). It
+    comes from one example's size, the same for a batch of one."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(torch.Size(shape).numel(), 10)).eval()
+    for n in (1, 5):
+        x, y = torch.rand(n, *shape, generator=torch.Generator().manual_seed(n)), torch.arange(n)
+        with count_host_syncs() as syncs:
+            pgd(model, x, y, norm, eps, 3, random_start=True, generator=torch.Generator().manual_seed(0))
+        assert syncs.by_kind() == kinds, n
+
+
+def test_msd_reads_from_the_device_twice_per_call(tiny_net, batch):
+    x, y = batch
+    with count_host_syncs() as syncs:
+        msd(tiny_net.eval(), x, y, {'linf': 0.03, 'l1': 6.0}, 2)
+    assert syncs.by_kind() == {'tolist': 2}            # the batch's checks; the steps each norm won
+
+
+@pytest.mark.parametrize('norm', ['linf', 'l2'])
+def test_pgd_on_an_empty_batch_returns_empty_flags(tiny_net, norm):
+    x, y = torch.rand(0, 3, 16, 16), torch.zeros(0, dtype=torch.long)
+    x_adv, correct = pgd(tiny_net.eval(), x, y, norm, 0.1, 2)
+    assert x_adv.shape == x.shape and correct.shape == (0,) and correct.dtype == torch.bool
+
+
+@pytest.mark.parametrize('norm, eps', [('linf', 0.03), ('l2', 0.5), ('l1', 12.0)])
+def test_msd_over_one_threat_model_is_pgd_keeping_the_highest_loss(tiny_net, batch, norm, eps):
+    """The same steps (PGD's default size), from the same points, the same iterate kept."""
+    x, y = batch
+    tiny_net.eval()
+    best, correct, chosen, loss = msd(tiny_net, x, y, {norm: eps}, 3, return_loss=True)
+    pgd_best, pgd_correct, pgd_loss = pgd(tiny_net, x, y, norm, eps, 3, keep='loss', return_loss=True)
+    assert torch.allclose(best, pgd_best, atol=1e-6) and torch.equal(correct, pgd_correct)
+    assert torch.allclose(loss, pgd_loss, atol=1e-6) and chosen == {norm: 3 * len(y)}
+    assert not torch.equal(best, x)
+
+
+def test_pgd_and_msd_keep_the_first_of_equal_loss_iterates():
+    """A later iterate replaces the best only with a strictly higher loss: at a saturated loss (0 in
+    float32, with a gradient) the attacks move, and return their start."""
+    model, x, y = saturated()
+    assert torch.equal(pgd(model, x, y, 'linf', 0.03, 3, keep='loss')[0], x)
+    assert not torch.equal(pgd(model, x, y, 'linf', 0.03, 3)[0], x)                    # keep='last': it moved
+    assert torch.equal(msd(model, x, y, {'linf': 0.03, 'l2': 0.3}, 3)[0], x)
+
+
+def test_grad_scale_reaches_the_gradient_and_defaults_to_none():
+    """Under fp16 autocast the input gradients of `faint` models underflow (see test_precision): with
+    weights 2.4e-5, about 2e-8, which rounds to 0 unscaled (the default) and not once doubled; with
+    1e-5, 8e-9, which a scale of 1024 keeps. Seen in the attacks' first step (their loss, in fp16,
+    does not change)."""
+    def moves(attack, weight, **options):
+        model, x, y = faint(weight)
+        points = []
+        model.register_forward_pre_hook(lambda m, args: points.append(args[0].detach()))
+        with torch.autocast('cpu', dtype=torch.float16):
+            attack(model, x, y, **options)
+        return not torch.equal(points[1], x)          # the first point after x: PGD's step, MSD's candidate
+
+    for attack in (lambda m, x, y, **o: pgd(m, x, y, 'linf', 0.03, 1, **o),
+                   lambda m, x, y, **o: msd(m, x, y, {'linf': 0.03}, 1, **o)):
+        assert not moves(attack, 2.4e-5) and not moves(attack, 2.4e-5, grad_scale=1.0)
+        assert moves(attack, 2.4e-5, grad_scale=2.0) and moves(attack, 1e-5, grad_scale=1024.0)

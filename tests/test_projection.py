@@ -174,3 +174,137 @@ def test_eps_as_a_number_is_checked_without_a_tensor():
             l1_box_projection(x, torch.rand(2, 3), eps)
     with pytest.raises(ValueError, match='^eps must be > 0 for every example$'):
         l1_box_projection(x, torch.rand(2, 3), torch.tensor([1.0, 0.0]))
+
+
+# --- exactness where rounding or ties could mislead it, and what the compacted path flags ---------
+
+def test_a_multiplier_on_a_kink_keeps_the_right_active_set():
+    """Dyadic values (as 8-bit pixels and simple steps give): the multiplier lands exactly on a kink, where a
+    coordinate reaches its box face or zero, and the exact step must count each coordinate once."""
+    x = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5, 0.0], [0.5, 0.5, 0.5, 0.0]], dtype=torch.float64)
+    delta = torch.tensor([[1.0, 0.5, 0.75, 0.0],      # lam = 0.5: |z| - c of the first, |z| of the second
+                          [1.0, 0.5, 0.0, 0.0],       # lam = 0.5 again, no coordinate strictly between kinks
+                          [1.0, 0.5, 0.0, 0.0]], dtype=torch.float64)   # one coordinate moving: lam = 0.75
+    eps = torch.tensor([0.75, 0.5, 0.25], dtype=torch.float64)
+    expected = torch.tensor([[0.5, 0.0, 0.25, 0.0], [0.5, 0.0, 0.0, 0.0], [0.25, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert torch.equal(l1_box_projection(x, delta, eps), expected)
+    ref = [bisection_projection(x[i].numpy(), delta[i].numpy(), float(eps[i])) for i in range(3)]
+    assert np.abs(expected.numpy() - np.stack(ref)).max() < 1e-12
+
+
+def test_one_moving_coordinate_among_others_below_the_threshold():
+    """A single coordinate moves (n = 1 in the exact step), others just below the multiplier stay at 0."""
+    x = torch.tensor([[0.1, 0.1, 0.1]])
+    delta = torch.tensor([[2.0, 1.0, 0.5]])              # caps 0.9 each: lam = 1.5, only the first moves
+    assert torch.allclose(l1_box_projection(x, delta, 0.5), torch.tensor([[0.5, 0.0, 0.0]]), rtol=0, atol=1e-6)
+
+
+def test_rows_moving_few_of_many_movable_coordinates_give_the_same_bits_at_every_width():
+    """Every coordinate can move, a few do: the widths that hold the moving ones differ in the coordinates
+    they sort, not in the result's bits (the exact step sums its active set in index order)."""
+    from eatai.attacks.projection import _project
+    g = torch.Generator().manual_seed(23)
+    x = torch.rand(6, 768, generator=g)
+    delta = 0.05 * torch.randn(6, 768, generator=g)
+    for i, k in enumerate((1, 1, 2, 3, 5, 10)):         # a few large coordinates per row
+        idx = torch.randperm(768, generator=g)[:k]
+        delta[i, idx] = torch.sign(delta[i, idx]) * (0.5 + torch.rand(k, generator=g))
+    outs = [_project(x, delta, 0.3, w) for w in (16, 40, 100, 384)]
+    assert not any(o.any() for _, o in outs)
+    assert all(torch.equal(outs[0][0], out) for out, _ in outs[1:])
+    torch.testing.assert_close(outs[0][0], l1_box_projection(x, delta, 0.3), rtol=0, atol=1e-7)
+
+
+def test_float32_with_many_coordinates_on_the_box_faces_stays_exact():
+    """Most coordinates sit on their box faces and the budget left goes to a few: lam is the difference of
+    sums in the thousands, which float32 would get wrong by 1e-5; the float64 sums keep it to float error."""
+    g = torch.Generator().manual_seed(29)
+    x = torch.rand(4, 3072, generator=g)
+    sign = torch.where(torch.rand(4, 3072, generator=g) < 0.5, -1.0, 1.0)
+    cap = torch.where(sign > 0, 1 - x, x)
+    delta = sign * (cap + 2)                                            # far past the face
+    delta[:, :8] = sign[:, :8] * torch.rand(4, 8, generator=g) * cap[:, :8]   # eight inside the box
+    eps = (cap[:, 8:].double().sum(dim=1) + 0.3).float()               # 0.3 left for those eight
+    ours = l1_box_projection(x, delta, eps).double().numpy()
+    for i in range(4):
+        ref = bisection_projection(x[i].double().numpy(), delta[i].double().numpy(), float(eps[i]))
+        assert np.abs(ours[i] - ref).max() < 2e-6
+
+
+def test_float32_result_is_feasible_and_idempotent():
+    """The rescale guard reads the float64 norm: in float64, the float32 result never exceeds eps."""
+    x, delta = random_case(32, (3, 32, 32), 0.3, seed=31)
+    x, delta, eps = x.float(), delta.float(), torch.linspace(1.0, 30.0, 32)
+    p = l1_box_projection(x, delta, eps)
+    assert torch.all(p.double().flatten(1).abs().sum(1) <= eps.double())
+    assert torch.equal(l1_box_projection(x, p, eps), p)
+
+
+def test_a_radius_as_a_number_or_a_tensor_gives_the_same_bits():
+    """A tensor eps is taken in the inputs' dtype, like a number: float64 radii of float32 inputs too."""
+    g = torch.Generator().manual_seed(41)
+    x, delta = torch.rand(16, 3, 8, 8, generator=g), 0.3 * torch.randn(16, 3, 8, 8, generator=g)
+    for eps in (1.1, 2.3, 3.7):
+        p = l1_box_projection(x, delta, eps)
+        assert torch.equal(l1_box_projection(x, delta, torch.tensor(eps)), p)                       # 0-d
+        assert torch.equal(l1_box_projection(x, delta, torch.tensor(eps, dtype=torch.float64)), p)
+        assert torch.equal(l1_box_projection(x, delta, torch.full((16,), eps, dtype=torch.float64)), p)
+
+
+def test_a_number_eps_costs_no_host_sync():
+    from eatai.attacks.projection import _project
+    from eatai.attacks.syncs import count_host_syncs
+    x, delta = torch.rand(3, 768), 0.3 * torch.randn(3, 768)
+    for eps in (2.0, 2):
+        with count_host_syncs() as syncs:
+            l1_box_projection(x, delta, eps)
+            _project(x, delta, eps, 64)
+        assert syncs.total == 0
+    with count_host_syncs() as syncs:
+        l1_box_projection(x, delta, torch.full((3,), 2.0))
+    assert syncs.total == 1                                      # checking a tensor of radii
+
+
+def test_points_on_the_sphere_or_inside_by_the_float64_sum_are_unchanged_and_not_flagged():
+    from eatai.attacks.projection import _project
+    x = torch.full((2, 768), 0.5)
+    delta = torch.zeros(2, 768)
+    delta[0, :64], delta[1, 100:164] = 0.125, -0.125            # l1 norm 8 exactly
+    for width in (None, 16):
+        out, overflow = _project(x, delta, 8.0, width)
+        assert torch.equal(out, delta) and (overflow is None or not overflow.any())
+    # rows whose float32 sum rounds above eps while the float64 one (the one that decides) does not
+    g = torch.Generator().manual_seed(47)
+    x = torch.rand(256, 768, generator=g)
+    delta = (torch.rand(256, 768, generator=g) - x) * (torch.rand(256, 768, generator=g) < 0.5)   # in the box
+    s32 = delta.abs().sum(dim=1)
+    eps = torch.nextafter(s32, torch.zeros_like(s32))           # the float32 number just below that sum
+    inside = eps.double() >= delta.abs().sum(dim=1, dtype=torch.float64)
+    assert inside.sum() > 3
+    out, overflow = _project(x[inside], delta[inside], eps[inside], 64)
+    assert torch.equal(out, delta[inside]) and not overflow.any()
+
+
+def test_compacted_projection_on_a_tie_and_on_two_coordinates():
+    from eatai.attacks.projection import _project
+    # width 2: the third largest |z| (0.5) is exactly lam, so it does not move: nothing to flag
+    x = torch.zeros(1, 8, dtype=torch.float64)
+    delta = torch.tensor([[1.0, 0.75, 0.5, 0.25, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    out, overflow = _project(x, delta, 0.75, 2)
+    assert torch.equal(out, l1_box_projection(x, delta, 0.75)) and out[0, :3].tolist() == [0.5, 0.25, 0.0]
+    assert not overflow.any()
+    # d = 2 takes width 1 (not above d / 2): a top-k of two
+    x, delta = torch.tensor([[0.2, 0.9], [0.5, 0.5]]), torch.tensor([[0.7, -0.05], [0.3, 0.3]])
+    out, overflow = _project(x, delta, 0.5, 1)
+    assert overflow.tolist() == [False, True]
+    torch.testing.assert_close(out[0], l1_box_projection(x, delta, 0.5)[0], rtol=0, atol=1e-7)
+
+
+def test_l1_threshold_is_zero_for_rows_whose_capped_total_is_eps_and_keeps_the_dtype():
+    from eatai.attacks.projection import l1_threshold
+    magnitude = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
+    cap = torch.tensor([[0.5, 0.5], [0.5, 0.25]])
+    lam = l1_threshold(magnitude, cap, torch.tensor([1.0, 0.5]))   # capped totals 1.0 and 0.75
+    assert lam.dtype == torch.float32
+    assert lam[0] == 0                                               # g is flat at eps: the documented 0
+    assert lam[1] > 0

@@ -15,6 +15,9 @@ def test_repr_names_every_number_and_marks_upper_bounds():
     assert repr(result()) == ("RobustResult(n=200, clean=50.0%, linf:0.0314=25.0%, l1:12=<=12.5%, union=10.0%, "
                               "budget='standard')")
     assert repr(result(model='ckpt.pt')).startswith("RobustResult('ckpt.pt', n=200, clean=50.0%")
+    # a threat that `exact` does not mention counts as exact (no '<=')
+    assert repr(result(exact={'l1:12': False})) == ("RobustResult(n=200, clean=50.0%, linf:0.0314=25.0%, "
+                                                    "l1:12=<=12.5%, union=10.0%, budget='standard')")
 
 
 def test_json_round_trips_through_text_and_files(tmp_path):

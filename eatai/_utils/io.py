@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ['atomic_torch_save', 'atomic_write_text', 'atomic_write_bytes']
+__all__ = ['atomic_torch_save', 'atomic_write_text', 'atomic_write_bytes', 'cache_dir']
 
 
 def _atomic(path, write) -> Path:
@@ -42,3 +42,9 @@ def atomic_write_text(text: str, path) -> Path:
 def atomic_write_bytes(data: bytes, path) -> Path:
     """Write `data` to `path` atomically."""
     return _atomic(path, lambda f: f.write(data))
+
+
+def cache_dir() -> Path:
+    """eatai's cache folder (zoo checkpoints, corruptions): $EATAI_HOME, else `<torch hub dir>/eatai`."""
+    home = os.environ.get('EATAI_HOME')
+    return Path(home).expanduser() if home else Path(torch.hub.get_dir()) / 'eatai'

@@ -168,7 +168,7 @@ def _run_restarts(model, x, y, ball, cfg, y_target, y_max):
 
 def _width(x: torch.Tensor, ball: Ball, cfg: APGDConfig) -> int:
     """The l1 computations' width for inputs like x (see `compact_width`)."""
-    return compact_width(x[0].numel(), cfg.l1_sparsity, ball.eps)
+    return compact_width(x.shape[1:].numel(), cfg.l1_sparsity, ball.eps)
 
 
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, n_iter: int = 10,
@@ -233,6 +233,8 @@ def apgd_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
     y_max = check_batch(x, y)
     if n_target_classes < 1:
         raise ValueError(f"n_target_classes must be >= 1, got {n_target_classes}")
+    if x.shape[0] == 0:
+        return x.detach().clone(), torch.zeros(0, dtype=torch.bool, device=x.device)
     x, y = x.detach(), y.detach().long()
     with eval_mode(model), torch.no_grad():
         logits = model(x)

@@ -165,7 +165,7 @@ class L1Ball(Ball):
         return (step / n_kept).reshape(grad.shape)
 
     def project(self, x, x_adv):
-        delta, overflow = _project(x, x_adv - x, self.eps, self._width(x[0].numel()))
+        delta, overflow = _project(x, x_adv - x, self.eps, self._width(x.shape[1:].numel()))
         self._flag(overflow)
         return x + delta
 

@@ -1,6 +1,7 @@
 """What every attack checks and restores: valid inputs, eval mode, untouched model state."""
 from __future__ import annotations
 
+import math
 import warnings
 from contextlib import contextmanager
 
@@ -8,7 +9,7 @@ import torch
 from torch import nn
 
 __all__ = ['eval_mode', 'check_batch', 'check_labels', 'check_model_outputs', 'looks_like_probabilities',
-           'warn_zero_gradients', 'zero_gradients', 'warn_zero_count']
+           'warn_zero_gradients', 'zero_gradients', 'warn_zero_count', 'check_smoothness_and_lr']
 
 
 @contextmanager
@@ -111,3 +112,11 @@ def warn_zero_count(n_zero: torch.Tensor, n: int, stacklevel: int = 3) -> None:
         warnings.warn(f"{n_zero} of {n} examples have a zero input gradient: the model may mask gradients "
                       "(e.g. saturated or quantised outputs); robust accuracy from gradient attacks may be "
                       "overestimated", stacklevel=stacklevel)
+
+
+def check_smoothness_and_lr(smoothness, lr) -> None:
+    """The penalty weight and Adam's step of the attacks that optimise a smooth field (StAdv, ReColorAdv)."""
+    if not (smoothness >= 0 and math.isfinite(smoothness)):
+        raise ValueError(f"smoothness must be a finite number >= 0, got {smoothness!r}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")

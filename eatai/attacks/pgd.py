@@ -57,6 +57,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: floa
         raise ValueError("loss 'kl' needs random_start=True: its gradient is zero at the clean point")
     loss_fn = get_loss(loss)[0]
     y_max = check_batch(x, y)
+    if x.shape[0] == 0:
+        empty = (x.detach().clone(), torch.zeros(0, dtype=torch.bool, device=x.device))
+        return empty + (x.new_zeros(0),) if return_loss else empty
     x, y = x.detach(), y.detach().long()
 
     def attack(ball):   # `ball`, its l1 computations compacted (see `run_compacted`)
@@ -89,6 +92,6 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: floa
         if loss == 'kl':
             reference = clean_reference(model, x) if reference is None else reference.detach()
         # no host sync in the loop; one after it for SLIDE (l1), see `run_compacted`
-        width = compact_width(x[0].numel(), 1 - SLIDE_PERCENTILE / 100, ball.eps)
+        width = compact_width(x.shape[1:].numel(), 1 - SLIDE_PERCENTILE / 100, ball.eps)
         best, correct, loss_best = run_compacted(ball, width, attack, x.device, () if generator is None else (generator,))
     return (best, correct, loss_best) if return_loss else (best, correct)

@@ -86,7 +86,7 @@ class SparsitySchedule:
         self.since_check = 0
 
     def start(self, x: torch.Tensor, state: AttackState, base_step: float) -> None:
-        self.x, self.base_step, self.d = x, base_step, x[0].numel()
+        self.x, self.base_step, self.d = x, base_step, x.shape[1:].numel()
         state.sparsity = torch.full_like(state.loss_best, self.init_sparsity)
         self.nonzero_before = torch.full_like(state.loss_best, float(self.d))
 

@@ -67,6 +67,9 @@ class Threat:
     strength_range: ClassVar[tuple[float, float]] = (0.0, math.inf)
     n_samples: ClassVar[int] = 10
     quick_attack_name: ClassVar[str] = 'random sampling'   # what `quick_attack` is, for curves' titles
+    # False for what is not an attack (common corruptions): judged on every point, clean-correct or not,
+    # and left out of the union and of `union_only`'s gating
+    in_union: ClassVar[bool] = True
 
     def __str__(self) -> str:
         return f"{self.name}:{format_strength(self.strength)}"

@@ -24,6 +24,9 @@ class RobustResult:
     notes: list[str] = field(default_factory=list)  # AutoAttack's own warnings, deduplicated
     # one entry per attack step, in the order run: threat, attack, points attacked, indices it broke, seconds
     steps: list[dict] = field(default_factory=list)
+    # threats judged but not in the union (common corruptions), and named sets of threats to summarise
+    outside_union: list[str] = field(default_factory=list)
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         parts = [f"clean={self.clean:.1%}"]
@@ -32,9 +35,44 @@ class RobustResult:
         name = f"{self.model!r}, " if self.model else ''
         return f"RobustResult({name}n={self.n}, {', '.join(parts)}, budget={self.budget!r})"
 
+    @property
+    def corruptions(self) -> list[str]:
+        """The common corruptions evaluated ('corruption:fog:3'), outside the union."""
+        return [t for t in self.outside_union if t.startswith('corruption:')]
+
+    @property
+    def mca(self) -> float | None:
+        """Mean corruption accuracy over every corruption and severity evaluated (RobustBench's mCA), or None."""
+        return self.summary(self.corruptions)['average'] if self.corruptions else None
+
+    def summary(self, threats=None) -> dict:
+        """Average and worst-case accuracy over `threats` (default: every group of `groups`), as
+        MultiRobustBench (Dai et al., ICML 2023) summarises a set of attacks: the average is the mean of
+        the threats' robust accuracies, the worst case the fraction of points robust to all of them at
+        once (the adversary picks, per point, its best threat). `exact` is False where a member is
+        an upper bound. Returns {name: {'threats', 'average', 'worst', 'exact'}}, or one such dict
+        for a list of threats."""
+        if threats is not None:
+            return self._summarise(list(threats))
+        return {name: self._summarise(members) for name, members in self.groups.items()}
+
+    def _summarise(self, keys: list[str]) -> dict:
+        unknown = [k for k in keys if k not in self.robust]
+        if unknown or not keys:
+            raise ValueError(f"no such threats in this result: {unknown or 'none given'}; it has {self.threats}")
+        flags = [self.flags[k] for k in keys]
+        worst = sum(all(point) for point in zip(*flags)) / self.n
+        return {'threats': keys, 'average': sum(self.robust[k] for k in keys) / len(keys), 'worst': worst,
+                'exact': all(self.exact.get(k, True) for k in keys)}
+
     def to_dict(self) -> dict:
-        """Plain dict of builtins, ready for JSON."""
-        return asdict(self)
+        """Plain dict of builtins, ready for JSON (with the groups' `summary()` and `mca` for readers of the file)."""
+        data = asdict(self)
+        if self.groups:
+            data['summary'] = self.summary()
+        if self.corruptions:
+            data['mCA'] = self.mca
+        return data
 
     def to_json(self, path=None) -> str:
         """The result as JSON text; also written to `path` when one is given."""
@@ -49,4 +87,6 @@ class RobustResult:
         text = str(path_or_str)
         if not text.lstrip().startswith('{'):
             text = Path(path_or_str).read_text()
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        data.pop('summary', None), data.pop('mCA', None)   # derived from the flags, not stored
+        return cls(**data)

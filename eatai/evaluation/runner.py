@@ -23,7 +23,7 @@ from . import lp  # noqa: F401  registers the l_p threats
 from .budget import EvalBudget, _check_count
 from .cost import greedy_order
 from .checks import check_logits, check_n, model_device
-from .registry import AttackContext, Threat, parse_threats
+from .registry import AttackContext, Threat, get_threat, parse_threats
 from .result import RobustResult
 from .resume import Progress, chunk_key, fingerprint
 
@@ -129,16 +129,20 @@ class _State:
     """Per-threat flags of an evaluation as its steps run, with what each step cost and broke.
     attack_points(threat, attack, idx) -> (len(idx),) bool: still correct after that attack."""
 
-    def __init__(self, threats: list[Threat], clean: torch.Tensor, union_only: bool, attack_points):
+    def __init__(self, threats: list[Threat], clean: torch.Tensor, union_only: bool, attack_points, union: list[str]):
         self.union_only, self.attack_points = union_only, attack_points
         keys = [str(t) for t in threats]
-        self.robust = {k: clean.clone() for k in keys}      # points never attacked count as robust: an upper bound
+        self.union_keys = union
+        # points never attacked count as robust: an upper bound; what is not an attack judges every point
+        self.robust = {str(t): clean.clone() if t.in_union else torch.ones_like(clean) for t in threats}
+        self.clean = clean
         self.skipped = {k: torch.zeros_like(clean) for k in keys}
         self.seconds = {k: 0.0 for k in keys}
         self.log: list[dict] = []
 
     def union(self) -> torch.Tensor:
-        return torch.stack(list(self.robust.values())).all(dim=0)
+        """(N,) bool: robust to every threat of the union (clean-correct, when none is in it)."""
+        return torch.stack([self.clean] + [self.robust[k] for k in self.union_keys]).all(dim=0)
 
     def run(self, steps, scope: torch.Tensor) -> dict:
         """Each (attack, threat) of `steps` on the points of `scope` still robust (in the union with
@@ -147,7 +151,8 @@ class _State:
         stats = {}
         for attack, threat in steps:
             start, key = time.perf_counter(), str(threat)
-            todo = (self.union() if self.union_only else self.robust[key]) & scope   # the points this attack runs on
+            gated = self.union_only and key in self.union_keys
+            todo = (self.union() if gated else self.robust[key]) & scope   # the points this attack runs on
             self.skipped[key] |= self.robust[key] & scope & ~todo
             idx = todo.nonzero()[:, 0]
             # in a DDP run every process attacks its share of the points; the flags are gathered
@@ -165,9 +170,25 @@ class _State:
         return stats
 
 
+def _union_and_groups(threats: list[Threat], union, groups) -> tuple[list[str], dict[str, list[str]]]:
+    """The keys of the union's threats and of each group, checked against the threats evaluated."""
+    keys = {str(t): t for t in threats}
+    union = [k for k, t in keys.items() if t.in_union] if union is None else [str(get_threat(t)) for t in union]
+    groups = {str(g): [str(get_threat(t)) for t in members] for g, members in (groups or {}).items()}
+    for what, members in [('union', union), *((f'group {g!r}', m) for g, m in groups.items())]:
+        missing = [k for k in members if k not in keys]
+        if missing:
+            raise ValueError(f"the {what} names threats that are not evaluated: {missing} (threats: {list(keys)})")
+    not_attacks = [k for k in union if not keys[k].in_union]
+    if not_attacks:
+        raise ValueError(f"{not_attacks} are not attacks and cannot be in the union")
+    return union, groups
+
+
 def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threats=None, budget='standard',
                         bs: int = 250, union_only: bool = False, seed: int = 0, device=None,
-                        progress: bool = False, name: str | None = None, resume_file=None) -> RobustResult:
+                        progress: bool = False, name: str | None = None, resume_file=None,
+                        union=None, groups: dict | None = None) -> RobustResult:
     """Clean accuracy, robust accuracy per threat model and over their union (per example).
 
     x: (N, C, H, W) floats in [0,1]; y: (N,) labels. threats: registered threats (`get_threat`),
@@ -192,6 +213,10 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thre
     `result.steps` logs every step: its threat, attack, points attacked, points broken, seconds. In a DDP run
     (torch.distributed initialised) each process attacks every world_size-th point and the
     per-example flags are gathered: all processes return the same complete result.
+    union: the threats whose union is reported (default: every attack among `threats`); the others are
+    evaluated on their own. What is not an attack (`in_union=False`: common corruptions) is judged on
+    every point, clean-correct or not, as corruption accuracy is. groups: named sets of threats that
+    `result.summary()` summarises (average and worst-case accuracy), e.g. {'unforeseen': ['stadv:0.05']}.
     resume_file: a JSON file where finished chunks are kept, so that an interrupted evaluation
     started again with the same arguments skips them (one file per process in a DDP run); a
     file written for other inputs, model weights, threats, budget, seed or bs is refused. The
@@ -205,6 +230,7 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thre
         raise ValueError("x holds no examples")
     _check_count('bs', bs)
     threats = parse_threats(default_threats('cifar10') if threats is None else threats)
+    union_keys, groups = _union_and_groups(threats, union, groups)
     budget = EvalBudget.from_name(budget)
     device = model_device(model, device)
     x, y = x.detach(), y.detach().long().cpu()
@@ -224,7 +250,7 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thre
             threat.check(budget, n_classes)
         context = AttackContext(budget, seed, n_classes, device, logger)
         state = _State(threats, clean, union_only, lambda threat, attack, idx: _attack_points(
-            model, x, y, idx, threat, attack, context, bs, progress and rank == 0, saved))
+            model, x, y, idx, threat, attack, context, bs, progress and rank == 0, saved), union_keys)
         steps = _steps(threats, budget, union_only)
         if union_only and len(steps) > 1:
             # learn the order on the first chunk (run cheap-first), then run the rest by breaks per second
@@ -240,4 +266,5 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thre
         n=x.shape[0], clean=clean.float().mean().item(), robust={k: v.float().mean().item() for k, v in robust.items()},
         union=union.float().mean().item(), threats=keys, budget=budget.label, exact=exact,
         flags={'clean': clean.tolist(), **{k: v.tolist() for k, v in robust.items()}, 'union': union.tolist()},
-        seconds=seconds, model=name, notes=handler.messages, steps=log)
+        seconds=seconds, model=name, notes=handler.messages, steps=log,
+        outside_union=[k for k in keys if k not in union_keys], groups=groups)

@@ -15,7 +15,7 @@ from . import lp  # noqa: F401  registers the l_p threats
 from .registry import get_threat
 from .result import RobustResult
 
-__all__ = ['results_table', 'print_results', 'results_text']
+__all__ = ['results_table', 'print_results', 'results_text', 'corruption_table']
 
 _BOUND = '≤'
 
@@ -61,17 +61,43 @@ def _cell(value: float | None, base: float | None, exact: bool = True) -> Text:
     return text
 
 
+def _extra_columns(pairs) -> list[tuple[str, callable]]:
+    """(header, result -> (value, exact)) for each group's average and worst case, and the mean
+    accuracy over the threats outside the union (mCA for common corruptions)."""
+    columns = []
+    for group in _distinct(g for _, r in pairs for g in r.groups):
+        for what in ('average', 'worst'):
+            def get(r, group=group, what=what):
+                if group not in r.groups:
+                    return None, True
+                s = r.summary(r.groups[group])
+                return s[what], s['exact']
+            columns.append((f"{group} {'avg' if what == 'average' else 'worst'}", get))
+    if any(r.corruptions for _, r in pairs):
+        columns.append(('mCA', lambda r: (r.mca, True)))
+    return columns
+
+
+
+_MAX_OUTSIDE = 6   # more corruptions than this (75 cells) show as their mean only
+
+
 def results_table(rows, title: str | None = None) -> Table:
-    """A rich Table: model | clean | one column per threat model | union, in percent."""
+    """A rich Table: model | clean | one column per threat model | union | group averages and worst
+    cases | mCA, in percent (`corruption_table` shows the corruptions one by one)."""
     pairs = _rows(rows)
-    threats = _distinct(t for _, r in pairs for t in r.threats)
+    corruptions = _distinct(t for _, r in pairs for t in r.corruptions)
+    outside = _distinct(t for _, r in pairs for t in r.outside_union)
+    threats = _distinct(t for _, r in pairs for t in r.threats
+                        if t not in corruptions or len(corruptions) <= _MAX_OUTSIDE)
     budgets = _distinct(r.budget for _, r in pairs)
     sizes = _distinct(r.n for _, r in pairs)
     facts = f"{' | '.join(budgets)} · n={'/'.join(map(str, sizes))}"
     # Text rather than str everywhere: rich would read '[...]' in labels and names as markup
     table = Table(title=Text(f"{title or 'Robust accuracy (%)'} · {facts}"))
     table.add_column('model')
-    for header in ['clean', *map(_header, threats), 'union']:
+    extra = _extra_columns(pairs)
+    for header in ['clean', *map(_header, threats), 'union', *(h for h, _ in extra)]:
         table.add_column(header, justify='right')
     first, bounded = pairs[0][1], False
     for i, (name, res) in enumerate(pairs):
@@ -82,12 +108,44 @@ def results_table(rows, title: str | None = None) -> Table:
             bounded |= t in res.robust and not exact
             cells.append(_cell(res.robust.get(t), None if ref is None else ref.robust.get(t), exact))
         cells.append(_cell(res.union, None if ref is None else ref.union))
+        for _, get in extra:
+            value, exact = get(res)
+            cells.append(_cell(value, None if ref is None else get(ref)[0], exact))
         table.add_row(Text(name), *cells)
     notes = ["signed numbers: difference to the first row"] if len(pairs) > 1 else []
+    if outside:
+        shown = [t for t in outside if t not in corruptions] + (
+            corruptions if len(corruptions) <= _MAX_OUTSIDE else [f'{len(corruptions)} corruptions (mCA)'])
+        notes.append(f"not in the union: {', '.join(shown)}")
+    if extra and any(r.groups for _, r in pairs):
+        notes.append("avg / worst: mean of the group's accuracies / points robust to all of them (MultiRobustBench)")
     if bounded:
         notes.append(f"{_BOUND}: upper bound (union-only evaluation attacked this norm only on points "
                      "still robust to the earlier ones; the union is exact)")
     table.caption = Text('; '.join(notes)) if notes else None
+    return table
+
+
+def corruption_table(result: RobustResult, title: str | None = None) -> Table:
+    """A rich Table of one result's common corruptions: a row per type, a column per severity, and the means."""
+    cells = {}
+    for key in result.corruptions:
+        _, name, severity = key.split(':')
+        cells[name, int(severity)] = result.robust[key]
+    if not cells:
+        raise ValueError("this result holds no corruption threats ('corruption:<name>:<severity>')")
+    names, severities = _distinct(n for n, _ in cells), sorted({s for _, s in cells})
+    table = Table(title=Text(title or f"Accuracy under common corruptions (%) · n={result.n}"))
+    table.add_column('corruption')
+    for header in [*map(str, severities), 'mean']:
+        table.add_column(header, justify='right')
+    for name in names:
+        row = [cells.get((name, sev)) for sev in severities]
+        known = [v for v in row if v is not None]
+        table.add_row(Text(name), *(_cell(v, None) for v in row), _cell(sum(known) / len(known), None))
+    means = [[v for (n, sev), v in cells.items() if sev == s] for s in severities]
+    table.add_row(Text('mean'), *(_cell(sum(m) / len(m), None) for m in means),
+                  _cell(sum(cells.values()) / len(cells), None))
     return table
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .._utils.io import atomic_write_text
+from .._utils.io import atomic_write_text, cache_dir
 
 __all__ = ['Source', 'ZooDownloadError', 'ChecksumError', 'cache_dir', 'cached_path', 'download', 'file_sha256',
            'verify_cached']
@@ -52,12 +52,6 @@ class Source:
             owner, repo, path = self.location.split('/', 2)
             return f"https://huggingface.co/{owner}/{repo}/resolve/main/{path}"
         return self.location
-
-
-def cache_dir() -> Path:
-    """eatai's cache folder: $EATAI_HOME, else `<torch hub dir>/eatai`."""
-    home = os.environ.get('EATAI_HOME')
-    return Path(home).expanduser() if home else Path(torch.hub.get_dir()) / 'eatai'
 
 
 def cached_path(dataset: str, threat: str, filename: str) -> Path:
