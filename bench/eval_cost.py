@@ -16,17 +16,32 @@ sample test images (500 at most):
    starts per batch, so a few points may differ from it), all in one run, one after the other;
 2. `--autoattack`: the standard budget against full AutoAttack (budget='autoattack'), per norm
    and union, with the seconds of each norm: does FAB-T or Square break a point APGD missed?
+3. `--unforeseen`: what the threats beyond l_p cost, on the first --unforeseen-n (1,000) CIFAR-10 test
+   images of --data (the 10,000 test images as a uint8 .npz; the bundled sample's 500 if it is absent):
+   seconds per attacked point of StAdv, ReColorAdv and JPEG at the standard budget's steps (the papers':
+   100, 100, 200) against APGD-CE l-inf 8/255 (100 steps), on the first --cost-n points, twice, the faster
+   run kept; the wall time of a full unforeseen evaluation (`robust_eval(unforeseen=True)`: the l_p union
+   and the `UNFORESEEN` group, standard budget) with its seconds per step; the 15 corruptions x 5
+   severities (`corruption_eval`) with an empty cache (generating) and again (cached).
 
     python bench/eval_cost.py [--n 500] [--budget standard] [--bs 250] [--check-bs 7 32] [--autoattack] [--aa-n N]
                               [--skip-part1] [--out eval_cost.json]
+    python bench/eval_cost.py --skip-part1 --unforeseen [--unforeseen-n 1000] [--cost-n 200] [--data PATH]
+                              [--pieces per-point corruptions full] --threads 1 --out eval_cost_unforeseen.json
+
+(On a busy machine use --threads 1: two torch threads on two shared cores spent most of their time waiting,
+40 s per point of APGD-CE instead of under 1 s. The pieces may run as separate processes and be merged.)
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -85,6 +100,121 @@ def differ(a: list, b: list) -> list[int]:
     return [i for i, (p, q) in enumerate(zip(a, b)) if p != q]
 
 
+DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'cifar10_test.npz'
+
+
+def test_images(path, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The first n test images of a CIFAR-10 .npz (x: uint8 (N, 32, 32, 3), y) as (N, 3, 32, 32) floats in [0,1],
+    else the bundled sample's test images; and where they came from."""
+    import numpy as np
+    if path and Path(path).exists():
+        with np.load(path, allow_pickle=False) as npz:
+            x, y = npz['x'][:n], npz['y'][:n]
+        x = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() / 255
+        return x, torch.from_numpy(y.astype('int64')), f"first {len(y)} of {Path(path).name}"
+    _, _, x, y = load_sample()
+    return x[:n], y[:n], f"first {len(y[:n])} bundled sample test images"
+
+
+def _step_table(result) -> dict:
+    """'attack threat' -> {seconds, attacked points, seconds per point} over the result's step log."""
+    rows = {}
+    for s in result.steps:
+        row = rows.setdefault(f"{s['attack']} {s['threat']}", {'seconds': 0.0, 'attacked': 0})
+        row['seconds'] += s['seconds']
+        row['attacked'] += s['attacked']
+    for row in rows.values():
+        row['per point'] = row['seconds'] / row['attacked'] if row['attacked'] else None
+    return rows
+
+
+def unforeseen_cost(model, args, out: dict) -> dict:
+    """Part 3 (see the module's docstring) into `out`; writes what it has to args.out after each piece."""
+    from eatai.evaluation import evaluate_robustness, get_threat
+    x_all, y_all, source = test_images(args.data, args.unforeseen_n)
+    out.update({'data': source, 'n': len(y_all)})
+    # 1. per attacked point: one attack alone at the standard budget's steps, on the same points
+    ce_only = EvalBudget('standard', attacks=('apgd-ce',))   # APGD-CE with AutoAttack's standard settings only
+    singles = {'apgd-ce linf:8/255': 'linf:8/255', 'stadv stadv:0.05': 'stadv:0.05',
+               'recoloradv recolor:0.06': 'recolor:0.06', 'jpeg-pgd jpeg:0.25': 'jpeg:0.25'}
+    x, y = x_all[:args.cost_n], y_all[:args.cost_n]
+    runs = {k: [] for k in singles}
+    for _ in range(2 if 'per-point' in args.pieces else 0):   # twice, alternating, the faster kept: the machine may be shared
+        for key, threat in singles.items():
+            r = evaluate_robustness(model, x, y, [threat], ce_only, bs=args.bs)
+            (step,) = _step_table(r).values()
+            runs[key].append(step)
+    if 'per-point' in args.pieces:
+        _per_point(out, args, runs, len(y), {k: get_threat(t).steps(ce_only) for k, t in singles.items()
+                                             if not k.startswith('apgd')})
+    if 'corruptions' in args.pieces:
+        _corruptions(out, args, model, x_all, y_all)
+    if 'full' in args.pieces:
+        _full(out, args, model, x_all, y_all)
+    return out
+
+
+def _per_point(out, args, runs, n, steps) -> None:
+    per_point = {k: min(v, key=lambda s: s['per point']) for k, v in runs.items()}
+    base = per_point['apgd-ce linf:8/255']['per point']
+    out['per point'] = {'n': n, 'attacked': per_point['apgd-ce linf:8/255']['attacked'],
+                        'steps': {'apgd-ce linf:8/255': 100, **steps},
+                        'seconds per point': {k: v['per point'] for k, v in per_point.items()},
+                        'ratio to apgd-ce linf': {k: v['per point'] / base for k, v in per_point.items()},
+                        'all runs': runs}
+    print(f"part 3, per attacked point ({out['per point']['attacked']} of {n} points, the faster of 2 runs):")
+    for k, v in per_point.items():
+        print(f"  {k:26s} {v['per point'] * 1000:7.1f} ms  {v['per point'] / base:.2f}x")
+    _write(args.out, args._out)
+
+
+def _corruptions(out, args, model, x_all, y_all) -> None:
+    from eatai.evaluation import evaluate_robustness
+    from eatai.evaluation.corruptions import CORRUPTIONS, SEVERITIES
+    # 2. corruptions, 15 x 5, as corruption_eval runs them: an empty cache, then the cache it filled
+    threats = [f'corruption:{c}:{s}' for c in CORRUPTIONS for s in SEVERITIES]
+    home = os.environ.get('EATAI_HOME')
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ['EATAI_HOME'] = tmp
+        try:
+            first, t_first = timed(lambda: evaluate_robustness(model, x_all, y_all, threats, bs=args.bs))
+            cached, t_cached = timed(lambda: evaluate_robustness(model, x_all, y_all, threats, bs=args.bs))
+        finally:
+            if home is None:
+                os.environ.pop('EATAI_HOME', None)
+            else:
+                os.environ['EATAI_HOME'] = home
+    assert first.flags == cached.flags
+    out['corruptions'] = {'n': len(y_all), 'cells': len(threats), 'seconds first': t_first, 'seconds cached': t_cached,
+                          'mCA': first.mca}
+    print(f"  corruptions, {len(y_all)} points x {len(threats)} cells: {t_first:.1f} s first, {t_cached:.1f} s cached "
+          f"(mCA {first.mca:.1%})")
+    _write(args.out, args._out)
+
+
+def _full(out, args, model, x_all, y_all) -> None:
+    from eatai.evaluation import UNFORESEEN, evaluate_robustness
+    # 3. the full unforeseen evaluation, as robust_eval(unforeseen=True) builds it
+    lp = [str(t) for t in default_threats('cifar10')]
+    extra = [t for t in UNFORESEEN['cifar10'] if t not in lp]
+    full, t_full = timed(lambda: evaluate_robustness(model, x_all, y_all, lp + extra, 'standard', bs=args.bs,
+                                                     union=lp, groups={'unforeseen': extra}))
+    out['full'] = {'n': len(y_all), 'threats': lp + extra, 'union': lp, 'group': extra, 'budget': full.budget,
+                   'seconds': t_full, 'seconds per threat': full.seconds, 'steps': _step_table(full),
+                   'clean': full.clean, 'robust': full.robust, 'union accuracy': full.union,
+                   'unforeseen': full.summary()['unforeseen']}
+    print(f"  full unforeseen evaluation, {len(y_all)} points: {t_full:.0f} s ({t_full / 60:.1f} min)")
+    for k, v in out['full']['steps'].items():
+        print(f"    {k:26s} {v['seconds']:7.1f} s on {v['attacked']} points")
+    _write(args.out, args._out)
+
+
+def _write(path, out: dict) -> None:
+    if path:
+        with open(path, 'w') as f:
+            json.dump(out, f, indent=1)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--n', type=int, default=500, help='sample test points for part 1 (the sample has 500)')
@@ -96,6 +226,12 @@ def main(argv=None) -> dict:
     p.add_argument('--check-bs', type=int, nargs='*', default=[],
                    help='part 1 also runs eatai per norm with these batch sizes: are the flags the same?')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s)')
+    p.add_argument('--unforeseen', action='store_true', help='also part 3: the cost of the threats beyond l_p')
+    p.add_argument('--unforeseen-n', type=int, default=1000, help='test points for part 3')
+    p.add_argument('--cost-n', type=int, default=200, help="part 3's points for the per-point costs")
+    p.add_argument('--pieces', nargs='+', default=['per-point', 'corruptions', 'full'],
+                   choices=['per-point', 'corruptions', 'full'], help="part 3's pieces (default all)")
+    p.add_argument('--data', default=str(DATA), help="part 3's CIFAR-10 test images (.npz; default ../shared/data's)")
     p.add_argument('--out', help='write the figures as JSON here')
     args = p.parse_args(argv)
     if args.threads:
@@ -106,6 +242,7 @@ def main(argv=None) -> dict:
     out = {'n': args.n, 'budget': budget.label, 'bs': args.bs, 'threads': torch.get_num_threads()}
     out['provenance'] = {'command': ' '.join(['python', 'bench/eval_cost.py'] + (sys.argv[1:] if argv is None else argv)),
                          'date': datetime.date.today().isoformat(), 'machine': f'{out["threads"]} CPU threads'}
+    args._out = out
     if not args.skip_part1:
         x, y = x_all[:args.n], y_all[:args.n]
         flags_naive, t_naive = timed(lambda: naive(model, x, y, threats, budget, args.bs))
@@ -164,9 +301,12 @@ def main(argv=None) -> dict:
             b = full.union if k == 'union' else full.robust[k]
             secs = '' if k == 'union' else f"  ({std.seconds[k]:.0f} s vs {full.seconds[k]:.0f} s)"
             print(f"  {k:12s} standard {a:.1%}  autoattack {b:.1%}  broken only by FAB-T/Square: {extra[k]}{secs}")
-    if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(out, f, indent=1)
+    if args.unforeseen:
+        load = os.getloadavg()[0]
+        out['provenance']['note'] = f"a shared machine: load average {load:.1f} before part 3, on {os.cpu_count()} cores"
+        unforeseen_cost(model, args, out.setdefault('part3', {}))
+        out['provenance']['note'] += f", {os.getloadavg()[0]:.1f} after"
+    _write(args.out, out)
     return out
 
 

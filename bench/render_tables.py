@@ -260,6 +260,43 @@ def eval_cost_check_bs(d):
             f"({p1['ratio union_only / naive']:.2f}x the naive protocol's).")
 
 
+_ATTACK = {'apgd-ce': 'APGD-CE', 'apgd-t': 'APGD-T', 'stadv': 'StAdv', 'recoloradv': 'ReColorAdv', 'jpeg-pgd': 'JPEG PGD'}
+
+
+@register('eval_cost_unforeseen.json')
+def eval_cost_unforeseen(d):
+    p3 = d['part3']
+    pp, full, corr = p3['per point'], p3.get('full'), p3['corruptions']
+    rows = []
+    for key, sec in pp['seconds per point'].items():
+        attack, threat = key.split(' ', 1)
+        rows.append([f"{_ATTACK.get(attack, attack)}, {threat_label(threat)}", f"{pp['steps'][key]}",
+                     f'{1000 * sec:.0f}', f"{pp['ratio to apgd-ce linf'][key]:.2f}x"])
+    text = (caption(d, f"the bundled checkpoint, {p3['data']}")
+            + f"\n\nSeconds per attacked point ({pp['attacked']} clean-correct of the first {pp['n']} points, the "
+              "faster of two runs), each attack alone at the standard budget's steps:\n\n"
+            + table(['attack', 'steps', 'ms per point', 'vs APGD-CE l-inf'], rows)
+            + f"\n\nCommon corruptions (`corruption_eval`: {corr['cells']} cells, 15 corruptions x 5 severities) of "
+              f"{corr['n']} points: {minutes_seconds(corr['seconds first'])} with an empty cache (generating), "
+              f"{minutes_seconds(corr['seconds cached'])} cached (mCA {pct(corr['mCA'])}%).")
+    if full is None:
+        return text + ("\n\nThe full unforeseen evaluation of 1,000 points (`--pieces full --unforeseen-n 1000`) "
+                       "has not been measured yet.")
+    steps = sorted(full['steps'].items(), key=lambda kv: -kv[1]['seconds'])
+    total = sum(v['seconds'] for v in full['steps'].values())
+    rows2 = [[f"{_ATTACK.get(k.split(' ', 1)[0], k.split(' ', 1)[0])}, {threat_label(k.split(' ', 1)[1])}",
+              f"{v['attacked']}", f"{v['seconds']:.0f}", f"{100 * v['seconds'] / total:.0f}%"] for k, v in steps]
+    lp = sum(v['seconds'] for k, v in full['steps'].items() if k.split(' ', 1)[1] in full['union'])
+    group = full['unforeseen']
+    return (text
+            + f"\n\nThe full unforeseen evaluation (`robust_eval(unforeseen=True)`: the l_p union and the unforeseen "
+              f"group, {full['budget']}) of {full['n']} points took {minutes_seconds(full['seconds'])} "
+              f"(clean {pct(full['clean'])}%, union {pct(full['union accuracy'])}%, unforeseen average "
+              f"{pct(group['average'])}%, worst {pct(group['worst'])}%); the l_p union's three threats took "
+              f"{100 * lp / total:.0f}% of the attacks' time. Where it went:\n\n"
+            + table(['attack, threat', 'points attacked', 'seconds', 'share'], rows2))
+
+
 def _finetune(d, *, seeds: bool) -> str:
     st = d['settings']
     start = d['start']
@@ -306,6 +343,39 @@ def finetune_mini(d):
 @register('finetune_mini_10k.json')
 def finetune_mini_10k(d):
     return _finetune(d, seeds=False)
+
+
+UNSEEN = {'stadv': 'StAdv', 'recolor': 'ReColorAdv', 'jpeg': 'JPEG'}
+
+
+def _mean_sd(cell) -> str:
+    m, s = cell
+    return pct(m) if s is None else f'{pct(m)} ± {pct(s)}'
+
+
+@register('finetune_mini_unforeseen.json')
+def finetune_mini_unforeseen(d):
+    st, start, summ = d['settings'], d['start'], d['summary']
+    keys = ('clean', 'union', 'unforeseen_avg', 'unforeseen_worst', 'mca')
+    threats = list(start['unforeseen'])
+    label = {t: f"{UNSEEN.get(t.split(':')[0], NORM.get(t.split(':')[0]))} {t.split(':')[1]}" for t in threats}
+    rows = [['l-inf AT (the start)', ''] + [pct(start[k]) for k in keys]]
+    rows += [[f'+ {SCHEME.get(s, s)}', str(r['n_seeds'])] + [_mean_sd(r[k]) for k in keys] for s, r in summ.items()]
+    rows2 = [['l-inf AT (the start)'] + [pct(start['unforeseen'][t]) for t in threats]]
+    rows2 += [[f'+ {SCHEME.get(s, s)}'] + [pct(r['unforeseen'][t]) for t in threats] for s, r in summ.items()]
+    seeds = sorted({r['n_seeds'] for r in summ.values()})
+    n = ('no fine-tuned run yet' if not seeds else f"{seeds[0]} seed{'s' if seeds[0] > 1 else ''}" if len(seeds) == 1
+         else f"{'-'.join(map(str, seeds))} seeds (column seeds)")
+    sev = st['severities']
+    what = (f"{st['ft_epochs']} epochs of fine-tuning on {st['n_train']:,} images, as above; accuracy (%) on the first "
+            f"{st['n_eval']} test points, quick budget for every attack (20 steps for StAdv, ReColorAdv and JPEG); "
+            f"unforeseen avg: the mean of the six unforeseen threats' accuracies, worst: robust to all six at once, "
+            f"mCA: 15 corruptions at severities "
+            f"{sev[0]}-{sev[-1]} on the first {st['n_corrupt']} points (ImageNet-C's parameters, harsher than CIFAR-10-C's); "
+            f"mean ± std over {n}")
+    return (caption(d, what) + '\n\n'
+            + table(['model', 'seeds', 'clean', 'l_p union', 'unforeseen avg', 'unforeseen worst', 'mCA'], rows)
+            + '\n\nPer unforeseen threat (mean over seeds):\n\n' + table(['model'] + [label[t] for t in threats], rows2))
 
 
 @register('curves.json')
@@ -404,6 +474,49 @@ def compile_cost(d):
                        f"backend {a['backend']} on {a['device']}")
             + '\n\n' + table(['call', 'eager', 'compiled model', 'compiled model + attack step', 'first compiled call'], rows)
             + (f'\n\n{breaks}.' if breaks else ''))
+
+
+_REFERENCE = {'stadv': "perceptual-advex's `StAdvAttack`",
+              'recolor': "perceptual-advex's `ReColorAdvAttack` (recoloradv)",
+              'jpeg': "advex-uar's `JPEGAttack` (perceptual-advex's `JPEGLinfAttack`)"}
+_SIZE_UNIT = {'stadv': 'flow', 'recolor': 'pixel colour change', 'jpeg': 'coefficient change'}
+
+
+@register('unforeseen_vs_reference.json')
+def unforeseen_vs_reference(d):
+    res, n = d['results'], d['n']
+    rows, notes = [], []
+    for key, r in res.items():
+        if key == 'corruptions':
+            continue
+        e, f = r['eatai'], r['reference']
+        rows.append([f"{threat_label(r['threat'])} ({d['steps'][key]} steps)", _REFERENCE.get(key, key), pct(e['robust']),
+                     pct(f['robust']), f"{r['difference_points']:+.1f}",
+                     f"{r['broken_only_by_eatai']} / {r['broken_only_by_reference']}",
+                     f"{e['size']:.4f} / {f['size']:.4f} ({_SIZE_UNIT.get(key, 'size')}, bound {r['bound']:g})",
+                     f"{e['cpu_seconds']:.0f} / {f['cpu_seconds']:.0f}"])
+        if 'over_bound' in f:
+            notes.append(f"{threat_label(r['threat'])}: {f['over_bound']} of the reference's {n} images change a pixel's "
+                         f"colour by more than the bound, {e['over_bound']} of eatai's")
+        elif key == 'jpeg' and 'contains' in f:
+            notes.append(f"{threat_label(r['threat'])}: `eatai.attacks.jpeg.jpeg_contains` accepts {e['contains']} of eatai's {n} images and "
+                         f"{f['contains']} of the reference's (it decodes the chroma-subsampled clean image plus its change)")
+        elif 'contains' in f:
+            notes.append(f"{threat_label(r['threat'])}: `StAdvThreat.contains` accepts {e['contains']} of eatai's {n} images and "
+                         f"{f['contains']} of the reference's")
+    text = (caption(d, f"robust accuracy (%) of the bundled checkpoint (clean {pct(d['clean'])}%) on the first {n} "
+                       f"sample test images, each attack beside its authors' implementation with the same steps")
+            + '\n\n' + table(['threat', 'reference implementation', 'eatai', 'reference', 'eatai - reference (points)',
+                              'broken only by eatai / by the reference', 'largest size: eatai / reference',
+                              'CPU seconds: eatai / reference'], rows))
+    if notes:
+        text += '\n\n' + '; '.join(notes) + '.'
+    if 'corruptions' in res:
+        c = res['corruptions']
+        text += (f"\n\nCommon corruptions: {c['identical']} of {c['cells']} (corruption, severity) cells "
+                 f"({c['types']} corruptions x {c['severities']} severities, {c['images']} images each) are pixel-identical "
+                 f"to the `imagecorruptions` library called directly with the same seeds.")
+    return text
 
 
 # ---- pages ----

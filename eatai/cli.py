@@ -1,7 +1,9 @@
-"""The `eatai` command: `eatai demo`, `eatai eval`, `eatai curves`, `eatai radius`."""
+"""The `eatai` command: `eatai demo`, `eatai eval`, `eatai curves`, `eatai radius`, `eatai zoo`, `eatai compare`,
+`eatai export`."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -26,8 +28,11 @@ def _demo(args) -> int:
     print('seconds: ' + ', '.join(f'{k} {v:.0f}' for k, v in result.seconds.items()) + f', total {total:.0f}')
     if args.out:
         import json
+        from .evaluation.result import RESULTS_FORMAT
         Path(args.out).write_text(json.dumps({'before': result.before.to_dict(), 'after': result.after.to_dict(),
-                                              'seconds': result.seconds}, indent=1))
+                                              'seconds': result.seconds, 'epochs': config.epochs,   # eatai compare: cost
+                                              'results_format': RESULTS_FORMAT,
+                                              'eatai_version': __import__('eatai').__version__}, indent=1))
         print(f'results written to {args.out}')
     return 0
 
@@ -133,6 +138,88 @@ def _zoo_get(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from rich.console import Console
+
+    from .evaluation.compare import compare_results, load_results
+    inputs = {Path(p).resolve() for p in args.results}
+    for flag, out in (('--md', args.md), ('--html', args.html)):
+        if out is not None and Path(out).resolve() in inputs:
+            raise ValueError(f"{flag} {out} is one of the results files: it would be overwritten")
+    rows, errors = [], []
+    for path in args.results:   # every file read before anything is written: one line per bad one
+        try:
+            rows += load_results(path)
+        except (ValueError, OSError) as e:
+            errors.append(str(e) if isinstance(e, ValueError) else f"{path}: {e.strerror or e}")
+    if errors:
+        for line in errors:
+            print(f"eatai compare: error: {line}", file=sys.stderr)
+        print(f"eatai compare: nothing written ({len(errors)} of {len(args.results)} files unreadable)", file=sys.stderr)
+        return 2
+    comparison = compare_results(rows)
+    Console(width=args.width).print(comparison)
+    for what, out, write in (('Markdown', args.md, comparison.to_markdown), ('HTML', args.html, comparison.to_html)):
+        if out is not None:
+            write(out)
+            print(f"{what} written to {out}")
+    return 0
+
+
+def _add_compare(sub) -> None:
+    co = sub.add_parser('compare', help='results JSON files side by side, sorted by union (with training cost)')
+    co.add_argument('results', nargs='+', metavar='RESULTS.json',
+                    help="results files: 'eatai eval --out', a recipe's <recipe>.json, 'eatai demo --out'")
+    co.add_argument('--md', metavar='OUT.md', help='also write the table as Markdown here')
+    co.add_argument('--html', metavar='OUT.html',
+                    help='also write a self-contained HTML page here (sortable table, union-vs-cost plot)')
+    co.add_argument('--width', type=positive_int, default=None, help='table width in characters (default: the terminal)')
+    co.set_defaults(run=_compare)
+
+
+def _recipe_item(text: str) -> tuple:
+    key, sep, value = text.partition('=')
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. scheme=eat, epochs=3), got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def _export(args) -> int:
+    from .models import load_model
+    from .models.hub import EXPORT_FILES, export_model
+    from .evaluation import RobustResult
+    results = []
+    for path in args.results or []:   # every file read before anything is written
+        try:
+            results.append(RobustResult.from_json(Path(path).read_text()))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+    model = load_model(args.model)
+    recipe = {**((getattr(model, 'meta', None) or {}).get('recipe') or {}), **dict(args.recipe or [])}
+    folder = export_model(model, args.out, results=results, recipe=recipe, name=args.name, dataset=args.dataset,
+                          license=args.license, overwrite=args.overwrite)
+    print(f"{args.model} exported to {folder}: {', '.join(EXPORT_FILES)}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    ex = sub.add_parser('export', help='write a model as a Hugging Face Hub / timm folder (weights, config, card)')
+    ex.add_argument('--model', required=True, help='an eatai checkpoint (.pt/.safetensors), a zoo id or a folder')
+    ex.add_argument('--out', required=True, help='the folder to write (new or empty, unless --overwrite)')
+    ex.add_argument('--results', action='append', metavar='RESULTS.json',
+                    help="evaluation results for the model card ('eatai eval --out'; repeatable)")
+    ex.add_argument('--recipe', action='append', type=_recipe_item, metavar='KEY=VALUE',
+                    help='a training setting for the model card, e.g. scheme=eat epochs=3 lr=0.05 (repeatable)')
+    ex.add_argument('--name', help='the model name on its card (default: the folder name)')
+    ex.add_argument('--dataset', default='cifar10', choices=list(DEFAULT_EPS), help='the dataset it was evaluated on')
+    ex.add_argument('--license', help='a license id for the card metadata, e.g. mit')
+    ex.add_argument('--overwrite', action='store_true', help="replace the model files of a folder that is not empty")
+    ex.set_defaults(run=_export)
+
+
 def _add_zoo(sub) -> None:
     zoo = sub.add_parser('zoo', help='the model zoo: robust models by RobustBench id (no robustbench needed)')
     zoo_sub = zoo.add_subparsers(dest='zoo_command', required=True)
@@ -194,9 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     cu.add_argument('--data', type=data_source, default='sample', help="'sample' (bundled) or a CIFAR-10 folder / .npz")
     cu.add_argument('--dataset', default='cifar10', choices=list(DEFAULT_EPS), help='whose radii are marked')
     cu.add_argument('--norm', action='append', type=threat_model,
-                    help="'linf', 'l2', 'l1' or 'l2:0.5' (repeatable; default all three)")
+                    help="'linf', 'l2', 'l1', 'stadv', 'recolor', 'jpeg' or 'l2:0.5' (repeatable; default the three l_p)")
     cu.add_argument('--n', type=positive_int, default=500)
-    cu.add_argument('--n-iter', type=positive_int, default=100, help='APGD-CE iterations per radius')
+    cu.add_argument('--n-iter', type=positive_int, default=100, help="steps of the threat's quick attack (APGD-CE for a ball) per strength")
     cu.add_argument('--bs', type=positive_int, default=250)
     cu.add_argument('--seed', type=random_seed, default=0)
     cu.set_defaults(run=_curves)
@@ -209,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     rad.add_argument('--eps-p', type=radius, help='an l_p radius to check against the hull (the paper\'s decision rule)')
     rad.set_defaults(run=_radius)
     _add_zoo(sub)
+    _add_export(sub)
+    _add_compare(sub)
     return parser
 
 
@@ -216,7 +305,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as e:   # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, FileExistsError) as e:   # bad input: one clear line, no traceback
         print(f"eatai {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -29,7 +29,7 @@ from .evaluation import (CORRUPTIONS, EvalBudget, RobustnessCurves, RobustResult
 from .models import Normalized, load_model, load_weights
 from .models.checkpoint import uncompiled_keys
 from .models.zoo import is_zoo_id
-from .threats import NORMS, default_threats
+from .threats import NORMS, ThreatModel, default_threats
 
 __all__ = ['RobustLearner', 'robust_learner', 'paper_sgd', 'transformer_adamw', 'default_opt_func']
 
@@ -186,6 +186,8 @@ def robust_learner(dls, arch, mean=None, std=None, weights=None, dataset: str = 
     if compile is not False:   # after the checks: they run eagerly; compilation waits for the first real batch
         model.compile(**({} if compile is True else compile))
     learn.threat_dataset = dataset
+    # for export_robust's recipe: a file by its name, a timm name or zoo id as given
+    learn.start_model = None if isinstance(arch, nn.Module) else Path(arch).name if Path(arch).exists() else str(arch)
     _use_adaptive_progress(learn)
     return learn
 
@@ -245,6 +247,30 @@ def show_adversarial(self: Learner, n: int = 8, threats=None, dl=None, n_iter: i
     examples = adversarial_examples(self.model, x, y, _threats(self, threats), n_iter=n_iter, seed=seed,
                                     classes=classes, device=_device(self))
     return examples.plot(figsize=figsize)
+
+
+@patch
+def export_robust(self: Learner, folder, results=None, recipe: dict | None = None, overwrite: bool = False,
+                  **kwargs) -> Path:
+    """Write the model into `folder` for the Hugging Face Hub and timm (`eatai.models.hub.export_model`:
+    model.safetensors, config.json, README.md with `results` and the training recipe: scheme, training
+    threats, epochs, peak lr and start model as the learner knows them, updated by `recipe`). kwargs: arch,
+    arch_kwargs, name, license, tags. Upload with `huggingface_hub.upload_folder`."""
+    from .models.hub import export_model
+    adversary = next((cb for cb in self.cbs if isinstance(cb, AdversarialTraining)), None)
+    known = {'start_model': getattr(self, 'start_model', None)}
+    if adversary is not None:
+        known.update(scheme=adversary.strategy.name, epochs=len(adversary.history) or None,
+                     training_threats=[str(ThreatModel(n, adversary.settings.eps[n])) for n in adversary.strategy.norms
+                                       if n in adversary.settings.eps],
+                     loss=type(adversary.loss).__name__ if adversary.loss is not None else None)
+    lrs = getattr(getattr(self, 'recorder', None), 'lrs', None)
+    known['lr'] = float(f'{max(lrs):.4g}') if lrs else None   # the peak of the last fit's schedule
+    vocab = getattr(self.dls, 'vocab', None)
+    return export_model(self.model, folder, results, {k: v for k, v in known.items() if v is not None} | (recipe or {}),
+                        dataset=_dataset(self), input_size=tuple(first_batch(self.dls.valid)[0].shape[1:]),
+                        label_names=list(vocab) if vocab is not None and len(vocab) else None, overwrite=overwrite,
+                        **kwargs)
 
 
 def _dataset(learn: Learner) -> str:

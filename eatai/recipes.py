@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 
 from .callbacks import distributed  # noqa: F401  registers Learner.robust_distrib_ctx
@@ -23,9 +24,12 @@ from ._utils.args import (ArgumentParser, existing_dir, existing_file, non_negat
 from ._utils.dist import is_main_process
 from ._utils.io import atomic_torch_save, atomic_write_text
 from .evaluation.budget import BUDGETS
+from . import __version__
 from .callbacks import Checkpointing
+from .evaluation.result import RESULTS_FORMAT
 from .data import arrays_dls, cifar10_dls, load_sample
 from .learner import robust_learner
+from .callbacks.tracking import TRACKERS, log_robust_result, tracking
 from .evaluation import print_results
 from .threats import DEFAULT_EPS
 
@@ -85,6 +89,9 @@ def recipe_parser(description: str, epochs: int = 3, lr: float = 0.05, bs: int =
     p.add_argument('--dataset', default=dataset, choices=list(DEFAULT_EPS), help="whose radii")
     p.add_argument('--checkpoint-every', type=non_negative_int, default=0, metavar='N',
                    help='save a resume checkpoint every N batches under --out-dir; run again to resume (0: never)')
+    p.add_argument('--log', nargs='+', action='extend', choices=TRACKERS, default=[], metavar='{tensorboard,wandb,csv}',
+                   help="trackers of each run's epochs and final evaluation, under --out-dir: TensorBoard events in "
+                        "tensorboard/, a W&B run (WANDB_MODE=offline keeps it local), CSV tables (eatai.callbacks.tracking)")
     return p
 
 
@@ -136,10 +143,36 @@ def _save_adversarial(learn, args, path) -> None:
     plt.close(fig)
 
 
+class _EpochCount(Callback):
+    """Epochs whose training phase ran, over every fit of a run: the results JSON's cost per epoch."""
+    def __init__(self):
+        self.count = 0
+
+    def after_train(self):
+        self.count += 1
+
+
+def _device(learn) -> str:
+    """Where the run trained, for readers of its cost: the GPU's name, or 'cpu'."""
+    import torch
+    device = next(learn.model.parameters()).device
+    return torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type
+
+
+def _training(learn, seconds: float, epochs: int) -> dict:
+    """What `eatai compare` shows of a run's cost: scheme, epochs, total and per-epoch seconds, device."""
+    at = getattr(learn, 'adversarial_training', None)
+    scheme = None if at is None else at.strategy.name + ('' if at.loss is None else f'+{type(at.loss).__name__}')
+    return {'scheme': scheme, 'epochs': epochs, 'seconds': seconds,
+            'seconds_per_epoch': seconds / epochs if epochs else None, 'device': _device(learn)}
+
+
 def run_recipe(args, slug: str, title: str, runs, evaluate_original: bool = True, scratch_arch: str | None = None,
                dls=None) -> dict:
     """For each (name, train) in `runs`: start from the same weights, `train(learn, args)`,
-    evaluate; save each model and one results JSON under --out-dir; print the table."""
+    evaluate; save each model and one results JSON under --out-dir; print the table. The JSON holds
+    the arguments, each run's result and its training cost (`training`: scheme, epochs, seconds,
+    seconds per epoch, device), read by `eatai compare`."""
     if args.smoke:
         _smoke(args)
     set_seed(args.seed)
@@ -148,7 +181,7 @@ def run_recipe(args, slug: str, title: str, runs, evaluate_original: bool = True
     learn = robust_learner(dls, recipe_model(args, dls.c, scratch_arch), dataset=args.dataset)
     start_state = copy.deepcopy(learn.model.state_dict())
     evaluate = dict(n=args.n_eval, budget=args.budget, seed=args.seed, progress=not args.smoke)
-    rows, seconds, out = [], {}, Path(args.out_dir)
+    rows, seconds, training, out = [], {}, {}, Path(args.out_dir)
     if evaluate_original:
         rows.append(('original', learn.robust_eval(name='original', **evaluate)))
     for name, train in runs:
@@ -158,17 +191,24 @@ def run_recipe(args, slug: str, title: str, runs, evaluate_original: bool = True
         start = time.perf_counter()
         resume = [Checkpointing(out / f'{slug}_{_slug(name)}.resume.pth', args.checkpoint_every, resume=True)
                   ] if args.checkpoint_every else []
-        with learn.robust_distrib_ctx(), learn.added_cbs(resume):   # DDP under torchrun / accelerate launch
-            train(learn, args)
-        seconds[name] = time.perf_counter() - start
-        rows.append((name, learn.robust_eval(name=name, **evaluate)))
+        epochs = _EpochCount()
+        with tracking(learn, getattr(args, 'log', None), out, f'{slug}_{_slug(name)}', config=vars(args)):   # --log
+            with learn.robust_distrib_ctx(), learn.added_cbs([*resume, epochs]):   # DDP under torchrun / accelerate launch
+                train(learn, args)
+            seconds[name] = time.perf_counter() - start
+            training[name] = _training(learn, seconds[name], epochs.count)
+            rows.append((name, learn.robust_eval(name=name, **evaluate)))
+            log_robust_result(learn, rows[-1][1])
+            if evaluate_original:   # the starting point beside it, for before/after charts
+                log_robust_result(learn, rows[0][1], prefix='original')
         history = getattr(getattr(learn, 'adversarial_training', None), 'history', [])
         if not is_main_process():
             continue
         atomic_torch_save({'state_dict': learn.model.state_dict(), 'recipe': slug, 'run': name, 'args': vars(args),
                            'history': history}, out / f'{slug}_{_slug(name)}.pt')
-    results = {'recipe': slug, 'args': vars(args), 'train_seconds': seconds,
-               'results': {name: r.to_dict() for name, r in rows}}
+    results = {'recipe': slug, 'args': vars(args), 'train_seconds': seconds, 'training': training,
+               'results': {name: r.to_dict() for name, r in rows},
+               'results_format': RESULTS_FORMAT, 'eatai_version': __version__}
     if not is_main_process():   # in a DDP run only rank 0 writes and prints
         return results
     path = atomic_write_text(json.dumps(results, indent=1), out / f'{slug}.json')

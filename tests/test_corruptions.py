@@ -162,6 +162,9 @@ def test_unknown_names_and_severities_list_the_choices_or_name_the_range():
         get_threat('corruption:fog:7')
     with pytest.raises(ValueError, match=r"'corruption:fog:<severity>'"):
         get_threat('corruption:fog')
+    with pytest.raises(ValueError, match=r"write it as 'corruption:<name>:<severity>', severity in 1\.\.5 and a name "
+                                         r"from gaussian_noise, .*saturate$"):
+        get_threat('corruption')                                  # a bare name: how to write one, with the choices
 
 
 def test_grayscale_and_small_images_say_why():
@@ -173,6 +176,23 @@ def test_grayscale_and_small_images_say_why():
     assert corrupt(torch.rand(1, 3, 40, 48), 'zoom_blur', 2).shape == (1, 3, 40, 48)   # larger sizes work
     with pytest.raises(ValueError, match=r'float images must lie in \[0,1\]'):
         corrupt(x * 2, 'fog', 1)
+
+
+def test_the_runner_says_why_for_grayscale_and_corrupts_larger_images(tmp_path, monkeypatch):
+    """Through `evaluate_robustness`: a (N, 1, 32, 32) batch is refused with the reason and the fix; a (N, 3, 64, 64) batch is corrupted at its own size (ImageNet-C's parameters apply to any size)."""
+    monkeypatch.setenv('EATAI_HOME', str(tmp_path))
+    y = torch.tensor([0, 1, 0, 1])
+    gray = _images(4)[:, :1]
+    with pytest.raises(ValueError, match=r'3 channels, got 1: .*x\.expand\(-1, 3, -1, -1\)'):
+        evaluate_robustness(MeanThreshold(), gray, y, threats=['corruption:fog:2'])
+    big = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    res = evaluate_robustness(MeanThreshold(), big, y, threats=['corruption:fog:2', 'corruption:pixelate:5'])
+    for name, severity in (('fog', 2), ('pixelate', 5)):
+        right = (MeanThreshold()(corrupt(big, name, severity)).argmax(1) == y).tolist()
+        assert res.flags[f'corruption:{name}:{severity}'] == right
+    assert corrupt(big, 'pixelate', 5).shape == big.shape
+    with pytest.raises(ValueError, match='at least 32x32 pixels, got 16x16'):
+        evaluate_robustness(MeanThreshold(), big[..., :16, :16], y, threats=['corruption:fog:2'])
 
 
 def test_the_threat_by_name_contains_its_corruption_and_stays_out_of_the_union(tmp_path, monkeypatch):

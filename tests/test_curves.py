@@ -170,3 +170,35 @@ def test_cli_writes_a_png(tmp_path):
     assert rc == 0 and out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert len(RobustnessCurves.from_json(tmp_path / 'c.json').models) == 2
     assert main(['curves', '--model', str(DEMO_CHECKPOINT), '--n', '501', '--out', str(out)]) == 2
+
+
+def test_curves_of_the_threats_beyond_lp():
+    """StAdv, ReColorAdv and JPEG have curves on the bundled model: their default strengths, clean at 0,
+    non-increasing, something broken, every found size within the ladder."""
+    from eatai.evaluation import get_threat
+    from eatai.evaluation.curves import threat_radii
+    assert threat_radii(get_threat('jpeg')) == [0.0, 0.03125, 0.0625, 0.125, 0.25, 0.5, 1.0]   # advex-uar's CIFAR-10
+    assert threat_radii(get_threat('stadv')) == pytest.approx([0, 0.0125, 0.025, 0.0375, 0.05, 0.075, 0.1])
+    assert threat_radii(get_threat('recolor'))[-1] == pytest.approx(0.1)
+    assert threat_radii(get_threat('stadv:0.6')) == pytest.approx([0, 0.15, 0.3, 0.45, 0.6, 0.9, 1.0])  # range [0, 1]
+    _, _, x, y = load_sample()
+    learn = robust_learner(arrays_dls(x[:8], y[:8], x[:8], y[:8], bs=8), DEMO_CHECKPOINT)
+    radii = {'stadv': [0, 0.025, 0.1], 'recolor': [0, 0.03, 0.1], 'jpeg': [0, 0.125, 1.0]}
+    m = learn.robustness_curves(n=8, norms=['stadv', 'recolor', 'jpeg'], radii=radii, n_iter=5).models[0]
+    assert m.eps == {'stadv': 0.05, 'recolor': 0.06, 'jpeg': 0.25} and m.radii == radii
+    for name in radii:
+        acc = m.accuracy(name)
+        assert acc[0] == pytest.approx(m.clean) and all(b <= a for a, b in zip(acc, acc[1:])), (name, acc)
+        assert acc[-1] < acc[0], name   # the attack broke something at its largest strength
+        sizes = [v for v in m.min_norms[name] if v is not None and v > 0]
+        assert sizes and all(v <= radii[name][-1] * (1 + 1e-6) for v in sizes)
+    fig = RobustnessCurves([m]).plot()
+    assert [ax.get_title() for ax in fig.axes] == ['stadv', 'recolor', 'jpeg']
+
+
+def test_corruptions_have_no_curve():
+    model, x, y = linear_problem(n=4, size=32)
+    with pytest.raises(ValueError, match='no robustness curve'):
+        robustness_curves(model, x, y, norms=['corruption:fog:3'])
+    with pytest.raises(ValueError, match='no robustness curve'):
+        minimal_perturbations(model, x, y, 'corruption', [0, 1, 2])

@@ -253,6 +253,8 @@ def test_pgd_on_an_empty_batch_returns_empty_flags(tiny_net, norm):
     x, y = torch.rand(0, 3, 16, 16), torch.zeros(0, dtype=torch.long)
     x_adv, correct = pgd(tiny_net.eval(), x, y, norm, 0.1, 2)
     assert x_adv.shape == x.shape and correct.shape == (0,) and correct.dtype == torch.bool
+    out = pgd(tiny_net, x, y, norm, 0.1, 2, keep='loss', return_loss=True)
+    assert len(out) == 3 and out[2].shape == (0,) and out[2].is_floating_point()
 
 
 @pytest.mark.parametrize('norm, eps', [('linf', 0.03), ('l2', 0.5), ('l1', 12.0)])

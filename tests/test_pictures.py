@@ -97,3 +97,28 @@ def test_eval_show_writes_a_png(tmp_path):
     rc = main(['eval', '--model', str(DEMO_CHECKPOINT), '--n', '4', '--budget', 'quick', '--threat', 'linf:8/255',
                '--show', str(out)])
     assert rc == 0 and out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_threats_beyond_lp_and_a_corruption(monkeypatch, tmp_path):
+    """StAdv, ReColorAdv, JPEG and a corruption in the pictures: every image inside its threat (`contains`),
+    the corruption's the corrupted image, one clean, one image and one delta panel per threat."""
+    from eatai.evaluation import get_threat
+    from eatai.evaluation.corruptions import corrupt
+    monkeypatch.setenv('EATAI_HOME', str(tmp_path))   # the corruption's cache
+    _, _, x, y = load_sample()
+    x, y = x[:3], y[:3]
+    threats = ['stadv:0.05', 'recolor:0.06', 'jpeg:0.25', 'corruption:fog:3']
+    model = robust_learner(arrays_dls(x, y, x, y, bs=3), DEMO_CHECKPOINT).model.eval()
+    ex = adversarial_examples(model, x, y, threats=threats, n_iter=3)
+    assert list(ex.x_adv) == threats
+    for t in threats:
+        adv = ex.x_adv[t]
+        assert bool(get_threat(t).contains(x, adv).all()), t
+        assert not torch.equal(adv, x), t   # the image changed
+        with torch.no_grad():
+            assert torch.equal(ex.pred_adv[t], model(adv).argmax(1))
+    assert torch.allclose(ex.x_adv['corruption:fog:3'], corrupt(x, 'fog', 3), atol=0.25 / 255)
+    rows = np.array(ex.plot().axes).reshape(3, -1)
+    assert rows.shape[1] == 1 + 2 * len(threats)
+    assert [ax.get_title().split('\n')[0] for ax in rows[0][1:1 + len(threats)]] == threats
+    assert rows[0][-1].get_title().startswith('delta corruption:fog')

@@ -17,7 +17,8 @@ from eatai.models import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_RECIPES = sorted((REPO / 'recipes').glob('*.py'))
-RECIPES = [p for p in ALL_RECIPES if p.stem not in ('quickstart', 'train_demo_checkpoint')]   # before/after ones
+EVAL_ONLY = ('cifar_unforeseen_eval',)   # evaluates checkpoints, trains nothing: its own test below
+RECIPES = [p for p in ALL_RECIPES if p.stem not in ('quickstart', 'train_demo_checkpoint', *EVAL_ONLY)]   # before/after ones
 SHARED_DATA = REPO.parent / 'shared' / 'data'
 
 
@@ -58,6 +59,11 @@ def test_recipe_smoke(path, tmp_path, capsys):
     runs = [name for name in results['results'] if name != 'original']
     assert runs and len(list(tmp_path.glob(f'{path.stem}_*.pt'))) == len(runs)
     assert all(r['n'] == 24 for r in results['results'].values())
+    # what `eatai compare` reads: each trained run's cost (epochs, seconds), none for the original
+    from eatai.evaluation import compare_results
+    assert set(results['training']) == set(runs) and results['results_format'] == 2
+    costs = {row.name: row.training for row in compare_results(tmp_path / f'{path.stem}.json').rows}
+    assert all(costs[name].epochs >= 1 and costs[name].seconds > 0 for name in runs) and costs.get('original') is None
     saved = {name: torch.load(p, weights_only=False) for p in sorted(tmp_path.glob(f'{path.stem}_*.pt'))
              for name in [p.stem]}
     first = next(iter(saved.values()))
@@ -113,3 +119,35 @@ def test_recipe_checkpoints_and_resumes(tmp_path, capsys):
     recipe.main(['--smoke', '--out-dir', str(tmp_path), '--checkpoint-every', '1'])   # nothing left to train
     again = json.loads((tmp_path / 'cifar_linf_to_l1.json').read_text())
     assert again['results']['+ FT wrt l1']['flags'] == first['results']['+ FT wrt l1']['flags']
+
+
+def test_unforeseen_eval_smoke_compares_models_and_writes_jsons_and_the_heat_map(tmp_path, capsys, monkeypatch):
+    """Two checkpoints side by side: a results JSON each with the unforeseen summary and mCA, the heat map
+    PNG, and the table naming the threats."""
+    from eatai.evaluation import UNFORESEEN, RobustResult
+    from eatai.models import build_model, save_checkpoint
+    monkeypatch.setenv('EATAI_HOME', str(tmp_path / 'home'))     # the corruption cache
+    monkeypatch.setenv('MPLBACKEND', 'Agg')
+    other = tmp_path / 'tiny.pt'
+    save_checkpoint(build_model('cifar_cnn', 10, width=4), other, 'cifar_cnn', {'width': 4})   # untrained
+    out = tmp_path / 'out'
+    load(REPO / 'recipes' / 'cifar_unforeseen_eval.py').main(
+        ['--smoke', '--out-dir', str(out), '--models', str(DEMO_CHECKPOINT), str(other), '--corruptions', 'fog'])
+    printed = capsys.readouterr().out
+    unforeseen = list(UNFORESEEN['cifar10'])
+    for header in ('stadv (0.05)', 'recolor (0.06)', 'jpeg (0.25)', 'l_inf (8/255)', 'fog (3)', 'union',
+                   'unforeseen avg', 'unforeseen worst', 'mCA', 'cifar_cnn_linf', 'tiny', 'quick budget'):
+        assert header in printed, header
+    assert '\r' not in printed
+    for name in ('cifar_cnn_linf', 'tiny'):
+        data = json.loads((out / f'cifar_unforeseen_eval_{name}.json').read_text())
+        assert data['model'] == name and data['n'] == 8 and data['groups'] == {'unforeseen': unforeseen}
+        assert data['threats'] == ['linf:8/255', 'l2:0.5', 'l1:12', 'corruption:fog:3'] + unforeseen
+        assert set(data['summary']['unforeseen']) == {'threats', 'average', 'worst', 'exact'}
+        result = RobustResult.from_json(out / f'cifar_unforeseen_eval_{name}.json')
+        assert data['summary'] == result.summary() and data['mCA'] == result.mca == result.robust['corruption:fog:3']
+        assert result.outside_union == ['corruption:fog:3'] + unforeseen
+    png = (out / 'cifar_unforeseen_eval_summary.png').read_bytes()
+    assert png.startswith(b'\x89PNG\r\n\x1a\n')
+    import matplotlib.image
+    assert matplotlib.image.imread(out / 'cifar_unforeseen_eval_summary.png').ndim == 3

@@ -9,6 +9,7 @@ from . import jpeg, recolor, stadv  # noqa: F401  register the unforeseen threat
 from .budget import ATTACKS, BUDGETS, APGDSettings, EvalBudget
 from .corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, CorruptionThreat, evaluate_corruptions
 from .checks import check_n
+from .compare import Comparison, compare_results
 from .curves import ModelCurves, RobustnessCurves, agreement_tolerance, default_radii, robustness_curves
 from .lp import LpThreat
 from .pictures import AdversarialExamples, adversarial_examples
@@ -28,4 +29,4 @@ __all__ = ['ATTACKS', 'BUDGETS', 'APGDSettings', 'EvalBudget', 'check_n', 'Model
            'adversarial_examples', 'AttackContext', 'Threat', 'get_threat', 'parse_threats', 'register_threat',
            'threat_names', 'unregister_threat', 'RobustResult', 'evaluate_robustness', 'print_results', 'results_table', 'results_text',
            'CORRUPTIONS', 'EXTRA_CORRUPTIONS', 'CorruptionThreat', 'evaluate_corruptions', 'IterativeThreat', 'JpegThreat', 'ReColorThreat',
-           'StAdvThreat', 'corruption_table', 'UNFORESEEN', 'summary_plot', 'unforeseen_threats']
+           'StAdvThreat', 'corruption_table', 'UNFORESEEN', 'summary_plot', 'unforeseen_threats', 'Comparison', 'compare_results']

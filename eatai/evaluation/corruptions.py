@@ -348,6 +348,7 @@ class CorruptionThreat(Threat):
     strength_range = (SEVERITIES[0], SEVERITIES[-1])
     quick_attack_name = 'corruption'
     in_union = False
+    nested = False     # severity 3 does not contain severity 2's image: no curve over severity
 
     def __post_init__(self):
         object.__setattr__(self, 'corruption', check_corruption(self.corruption))
@@ -400,11 +401,21 @@ def _parse(text: str) -> tuple[str, int]:
     return name, check_severity(value)
 
 
+_NO_CURVE = ("corruptions have no robustness curve: a curve needs a threat that grows with its strength, so that "
+             "each point has a smallest strength that breaks it, and a corruption's severities are not nested (an "
+             "image may be misclassified at severity 2 and not at 3). For accuracy per severity use "
+             "learn.corruption_eval(...) / evaluate_corruptions(...) and corruption_table(result)")
+
+
 def _make(spec) -> CorruptionThreat:
     if isinstance(spec, tuple):
         return CorruptionThreat(*spec)
+    if isinstance(spec, (int, float)):   # a bare 'corruption' at a strength: what a curve over strength asks for
+        raise ValueError(_NO_CURVE)
     raise ValueError(f"a corruption threat needs its type and severity: write 'corruption:<name>:<severity>' with "
                      f"a name from {', '.join(CORRUPTIONS + EXTRA_CORRUPTIONS)}")
 
 
-register_threat('corruption', _make, parse=_parse, aliases=('corruptions',), overwrite=True)
+register_threat('corruption', _make, parse=_parse, aliases=('corruptions',), overwrite=True,
+                usage=f"'corruption:<name>:<severity>', severity in {SEVERITIES[0]}..{SEVERITIES[-1]} and a name from "
+                      f"{', '.join(CORRUPTIONS + EXTRA_CORRUPTIONS)}")

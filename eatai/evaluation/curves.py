@@ -1,7 +1,10 @@
 """Robustness curves (the paper's Figure 1): robust accuracy against the radius (a threat's strength), per threat.
 
-Any registered threat has a curve: its `quick_attack` at each strength of a ladder, its `size` the
-strength a found adversarial needs. For the l_p balls that is APGD-CE and the norm of the perturbation.
+Any registered threat whose strengths are nested (`Threat.nested`) has a curve: its `quick_attack` at each
+strength of a ladder, its `size` the strength a found adversarial needs. For the l_p balls that is APGD-CE and
+the norm of the perturbation; StAdv, ReColorAdv and JPEG run their own attacks (`quick_attack`, n_iter steps)
+at each strength. Common corruptions have none: a severity does not contain the lower ones, so a point has no
+smallest breaking severity (their accuracy per severity is `evaluate_corruptions`'s).
 
 Why APGD on a ladder of radii and not FAB: the curve needs, per point, the norm of its smallest
 adversarial perturbation. FAB (pyautoattack's `FABAttack_PT`) estimates exactly that, but on
@@ -38,7 +41,7 @@ from .checks import check_logits, model_device
 from .registry import canonical_threat, get_threat, parse_threats
 
 __all__ = ['ModelCurves', 'RobustnessCurves', 'agreement_tolerance', 'check_radii', 'default_radii',
-           'minimal_perturbations', 'robustness_curves']
+           'minimal_perturbations', 'robustness_curves', 'threat_radii']
 
 _LADDER = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)   # default radii, in units of the evaluated eps
 
@@ -57,9 +60,28 @@ def check_radii(radii, norm: str = '') -> list[float]:
     return radii
 
 
-def default_radii(eps: float) -> list[float]:
-    """0 to 2 eps: 0, eps/4, eps/2, 3 eps/4, eps, 1.5 eps, 2 eps."""
-    return [k * eps for k in _LADDER]
+def default_radii(eps: float, ladder=_LADDER, high: float = math.inf) -> list[float]:
+    """The strengths `ladder` times eps (default 0 to 2 eps: 0, eps/4, eps/2, 3 eps/4, eps, 1.5 eps, 2 eps), those
+    above `high` (the largest strength the threat allows) replaced by `high` once."""
+    radii = [k * eps for k in ladder]
+    kept = [r for r in radii if r <= high]
+    return kept + [high] if len(kept) < len(radii) and (not kept or kept[-1] < high) else kept
+
+
+def threat_radii(threat) -> list[float]:
+    """The default strengths of a threat's curve: its `curve_ladder` (0 to 2x for a ball and StAdv; doublings
+    for JPEG, whose default 0.25 searches advex-uar's CIFAR-10 calibration 0.03125 to 1; up to 5/3 for
+    ReColorAdv, 0.1 at its default 0.06) times its strength, within its `strength_range`."""
+    return default_radii(threat.strength, getattr(threat, 'curve_ladder', _LADDER),
+                         getattr(threat, 'strength_range', (0.0, math.inf))[1])
+
+
+def _check_nested(threat) -> None:
+    if not getattr(threat, 'nested', True):
+        raise ValueError(f"{threat} has no robustness curve: a curve needs a threat that grows with its strength "
+                         "(each point's smallest breaking strength), and its strengths are not nested"
+                         + ("; for accuracy per severity use learn.corruption_eval(...) / evaluate_corruptions(...)"
+                            if getattr(threat, 'name', '') == 'corruption' else ''))
 
 
 def agreement_tolerance(p: float, n: int) -> float:
@@ -212,17 +234,20 @@ def robustness_curves(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norms=
     """Robust accuracy over a grid of strengths per threat, from one minimal-perturbation search per threat.
 
     norms: threat names ('linf', 'l2', 'l1': the dataset's radius is the marked one; any registered
-    threat with a default) or threats such as 'l2:0.5'. radii: one ascending list (with a single
-    threat) or a dict name -> list; default `default_radii(strength)`. n_iter: steps of the quick
+    threat with a default: 'stadv', 'recolor', 'jpeg') or threats such as 'l2:0.5'. Common corruptions have
+    no curve (their severities are not nested): ValueError. radii: one ascending list (with a single
+    threat) or a dict name -> list; default `threat_radii(threat)` (0 to 2x the strength for a ball). n_iter: steps of the quick
     attack per radius (100: AutoAttack's APGD)."""
     if isinstance(norms, (list, tuple)) and not norms:
         raise ValueError(f"norms is empty: give some of {NORMS}")
     threats = parse_threats(norms, dataset)
+    for t in threats:
+        _check_nested(t)
     if radii is not None and not isinstance(radii, dict):
         if len(threats) != 1:
             raise ValueError("radii as one list is ambiguous with several norms: give a dict norm -> radii")
         radii = {threats[0].name: radii}
-    grids = {t.name: check_radii(radii[t.name] if radii and t.name in radii else default_radii(t.strength), t.name)
+    grids = {t.name: check_radii(radii[t.name] if radii and t.name in radii else threat_radii(t), t.name)
              for t in threats}
     found, seconds = {}, {}
     for t in threats:

@@ -35,6 +35,8 @@ class JpegThreat(IterativeThreat):
     strength_range = (0.0, 2.0)
     paper_steps = JPEG_STEPS
     quick_steps = 20
+    # curves: doublings, so the default 0.25 searches 0 and advex-uar's CIFAR-10 calibration, 0.03125 to 1
+    curve_ladder = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 
     def contains(self, x, x_adv):
         return jpeg_contains(x, x_adv, self.strength)

@@ -2,7 +2,9 @@
 
 One row per example: the clean image, its adversarial version in each threat model, then each
 perturbation amplified to the full grey range (mid-grey is zero). Titles give the prediction
-(class names when known) and whether the attack changed it.
+(class names when known) and whether the attack changed it. Any registered threat works: StAdv, ReColorAdv
+and JPEG show their own attack's image; a common corruption ('corruption:fog:3') shows the corrupted image,
+its change from the clean one as the amplified delta.
 """
 from __future__ import annotations
 
@@ -56,8 +58,8 @@ class AdversarialExamples:
                 scale = float(delta.abs().max())
                 # amplified so the largest change reaches black or white; zero is mid-grey
                 show(row[1 + len(threats) + j], (0.5 + delta / (2 * scale)) if scale > 0 else delta + 0.5)
-                row[1 + len(threats) + j].set_title(f"delta {t.split(':')[0]}\nx{0.5 / scale:.0f}" if scale > 0
-                                                    else f"delta {t.split(':')[0]}\nzero", fontsize=7)
+                row[1 + len(threats) + j].set_title(f"delta {t.rsplit(':', 1)[0]}\nx{0.5 / scale:.0f}" if scale > 0
+                                                    else f"delta {t.rsplit(':', 1)[0]}\nzero", fontsize=7)
             for ax in row:
                 ax.set_xticks([]), ax.set_yticks([])
         fig.tight_layout(pad=0.3, h_pad=0.8)
@@ -67,8 +69,8 @@ class AdversarialExamples:
 def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threats=None, n_iter: int = 20,
                          seed: int = 0, classes=None, device=None) -> AdversarialExamples:
     """Each threat's quick attack (`n_iter` steps; APGD-CE with evaluation settings for a ball) on
-    x: (N, C, H, W) in [0,1], y: (N,). threats: default the paper's CIFAR-10 three. Every output is
-    checked to lie inside its threat."""
+    x: (N, C, H, W) in [0,1], y: (N,). threats: default the paper's CIFAR-10 three; any registered threat
+    ('stadv:0.05', 'recolor:0.06', 'jpeg:0.25', 'corruption:fog:3'). Every output is checked to lie inside its threat."""
     check_batch(x, y)
     threats = parse_threats(default_threats() if threats is None else threats)
     device = model_device(model, device)

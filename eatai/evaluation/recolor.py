@@ -46,6 +46,8 @@ class ReColorThreat(IterativeThreat):
     strength_range = (0.0, 1.0)
     paper_steps = RECOLOR_ITERATIONS
     quick_steps = QUICK_STEPS
+    # curves: up to 5/3 of the strength, so the default 0.06 searches up to 0.1, the largest bound of the papers
+    curve_ladder = (0.0, 0.25, 0.5, 0.75, 1.0, 4 / 3, 5 / 3)
 
     def contains(self, x, x_adv):
         """(N,) bool: every pixel's colour change in rescaled CIELUV is within the strength (+ `TOLERANCE`),

@@ -70,6 +70,11 @@ class Threat:
     # False for what is not an attack (common corruptions): judged on every point, clean-correct or not,
     # and left out of the union and of `union_only`'s gating
     in_union: ClassVar[bool] = True
+    # True when a larger strength allows everything a smaller one does (balls, flow, colour and JPEG bounds): then
+    # a point's smallest breaking strength exists and curves over strength mean something. False: corruptions
+    nested: ClassVar[bool] = True
+    # the strengths a curve searches by default, in units of the threat's strength (`curves.default_radii`)
+    curve_ladder: ClassVar[tuple[float, ...]] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
     def __str__(self) -> str:
         return f"{self.name}:{format_strength(self.strength)}"
@@ -114,6 +119,7 @@ class _Entry:
     factory: Callable[[float], Threat]
     default_strength: dict
     parse: Callable[[str], float]
+    usage: str | None = None
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -121,21 +127,24 @@ _ALIASES: dict[str, str] = {}
 
 
 def register_threat(name: str, factory: Callable | None = None, *, default_strength: dict | None = None,
-                    aliases=(), parse: Callable[[str], float] = parse_eps, overwrite: bool = False):
+                    aliases=(), parse: Callable[[str], float] = parse_eps, overwrite: bool = False,
+                    usage: str | None = None):
     """Register `factory` (a `Threat` subclass or any callable strength -> Threat) as `name`.
 
     default_strength: dataset -> strength, used for a bare name ('linf' on CIFAR-10: 8/255).
     parse: reads the text after 'name:' (default: numbers and fractions such as 8/255).
+    usage: how to write the threat, for the error a bare name without a default gets
+    (default: "'name:<strength>'").
     Used bare it is a decorator: `@register_threat('noise')` above the class."""
     if factory is None:
         return lambda f: register_threat(name, f, default_strength=default_strength, aliases=aliases, parse=parse,
-                                         overwrite=overwrite)
+                                         overwrite=overwrite, usage=usage)
     key = str(name).strip().lower()
     if not key or any(c in key for c in ':= '):
         raise ValueError(f"a threat name is a word without ':', '=' or spaces, got {name!r}")
     if key in _REGISTRY and not overwrite:
         raise ValueError(f"a threat named {key!r} is registered already; pass overwrite=True to replace it")
-    _REGISTRY[key] = _Entry(key, factory, dict(default_strength or {}), parse)
+    _REGISTRY[key] = _Entry(key, factory, dict(default_strength or {}), parse, usage)
     for alias in (key, *aliases):
         _ALIASES[str(alias).strip().lower()] = key
     return factory
@@ -194,7 +203,7 @@ def get_threat(spec, dataset: str = 'cifar10', strength: float | None = None) ->
         if key not in entry.default_strength:
             known = ', '.join(entry.default_strength) or 'none'
             raise ValueError(f"threat {entry.name!r} has no default strength for dataset {dataset!r} (defaults: "
-                             f"{known}): write it as '{entry.name}:<strength>'")
+                             f"{known}): write it as {entry.usage or repr(entry.name + ':<strength>')}")
         strength = entry.default_strength[key]
     else:
         strength = entry.parse(text)

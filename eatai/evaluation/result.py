@@ -5,7 +5,26 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ['RobustResult']
+__all__ = ['RobustResult', 'RESULTS_FORMAT', 'check_format']
+
+# The layout of results JSON. 1: files without the key (eatai 0.1.0 before it); 2: the key and
+# `eatai_version` written, `steps`, `outside_union`, `groups` optional. A reader takes any format up
+# to its own and refuses a later one (written by a newer eatai) with one line saying so.
+RESULTS_FORMAT = 2
+# fields a results file must hold (the rest have defaults), with the JSON types they must have
+_REQUIRED = {'n': int, 'clean': (int, float), 'robust': dict, 'union': (int, float), 'threats': list,
+             'budget': str, 'exact': dict, 'flags': dict, 'seconds': dict}
+_DERIVED = ('summary', 'mCA', 'results_format', 'eatai_version')   # written for readers, not read back
+
+
+def check_format(data: dict) -> None:
+    """Raise ValueError (one line) when `data` (a results file's JSON object) was written in a
+    results format later than this eatai reads."""
+    fmt = data.get('results_format', 1)
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt > RESULTS_FORMAT:
+        from .. import __version__
+        raise ValueError(f"written by eatai {data.get('eatai_version', '(unknown version)')} in results format {fmt!r}; "
+                         f"this eatai {__version__} reads formats up to {RESULTS_FORMAT}: upgrade eatai to read it")
 
 
 @dataclass
@@ -72,6 +91,8 @@ class RobustResult:
             data['summary'] = self.summary()
         if self.corruptions:
             data['mCA'] = self.mca
+        from .. import __version__
+        data.update(results_format=RESULTS_FORMAT, eatai_version=__version__)
         return data
 
     def to_json(self, path=None) -> str:
@@ -87,6 +108,30 @@ class RobustResult:
         text = str(path_or_str)
         if not text.lstrip().startswith('{'):
             text = Path(path_or_str).read_text()
-        data = json.loads(text)
-        data.pop('summary', None), data.pop('mCA', None)   # derived from the flags, not stored
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data) -> 'RobustResult':
+        """A result from `to_dict`'s form (or an older eatai's). A later results format, a missing or
+        unknown field or a field of the wrong type raises ValueError with one line naming them."""
+        if not isinstance(data, dict):
+            raise ValueError(f"not an eatai result: a JSON {type(data).__name__}, not an object")
+        check_format(data)
+        data = {k: v for k, v in data.items() if k not in _DERIVED}   # derived from the flags, not stored
+        missing = [k for k in _REQUIRED if k not in data]
+        if missing:
+            raise ValueError(f"not an eatai result, or a damaged one: missing field{'s' * (len(missing) > 1)} "
+                             f"{', '.join(map(repr, missing))}")
+        fields = set(cls.__dataclass_fields__)
+        unknown = [k for k in data if k not in fields]
+        if unknown:
+            raise ValueError(f"unknown field{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}: "
+                             "written by another eatai version?")
+        wrong = [f"{k!r} ({type(data[k]).__name__})" for k, kind in _REQUIRED.items()
+                 if not isinstance(data[k], kind) or isinstance(data[k], bool)]
+        if wrong:
+            raise ValueError(f"fields of the wrong type: {', '.join(wrong)}")
+        absent = [t for t in data['threats'] if t not in data['robust']]
+        if absent:
+            raise ValueError(f"threats without a robust accuracy: {', '.join(map(repr, absent))}")
         return cls(**data)

@@ -7,6 +7,7 @@ from . import (
            wide_resnet,  # noqa: F401
 )
 from .checkpoint import build_model, is_eatai_checkpoint, load_checkpoint, save_checkpoint
+from .hub import export_model, load_export  # also registers eatai_normalized with timm
 from .loading import load_model, load_robustbench
 from .weights import load_state_dict_file, load_weights
 from .normalize import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Normalized
@@ -15,4 +16,5 @@ from .zoo import ZOO, ZooEntry, get_entry, load_zoo_model, zoo_download, zoo_ent
 __all__ = ['Normalized', 'build_model', 'save_checkpoint', 'load_checkpoint', 'is_eatai_checkpoint',
            'CIFAR10_MEAN', 'CIFAR10_STD', 'IMAGENET_MEAN', 'IMAGENET_STD',
            'load_state_dict_file', 'load_weights', 'load_robustbench', 'load_model',
-           'ZOO', 'ZooEntry', 'get_entry', 'load_zoo_model', 'zoo_download', 'zoo_entries']
+           'ZOO', 'ZooEntry', 'get_entry', 'load_zoo_model', 'zoo_download', 'zoo_entries',
+           'export_model', 'load_export']

@@ -45,7 +45,10 @@ def build_model(arch: str, num_classes: int, mean=None, std=None, **kwargs) -> n
     embed = getattr(model, 'patch_embed', None)   # a ViT given an img_size its patch_size does not divide
     if getattr(embed, 'img_size', None) is not None and isinstance(getattr(embed, 'patch_size', None), (int, tuple)):
         check_patch_size(embed.img_size, embed.patch_size, arch)
-    return Normalized(model, mean, std)
+    wrapped = Normalized(model, mean, std)
+    # what rebuilds it: `eatai.models.hub.export_model` writes them into an exported folder's config
+    wrapped.arch, wrapped.arch_kwargs = arch, {'num_classes': num_classes, **kwargs}
+    return wrapped
 
 
 def _format_of(path: Path, format: str | None) -> str:

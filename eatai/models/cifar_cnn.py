@@ -4,7 +4,7 @@ from __future__ import annotations
 from timm.models import register_model
 from torch import nn
 
-from ._registry import model_kwargs
+from ._registry import hub_loadable, model_kwargs
 from .normalize import CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = ['CifarCNN', 'cifar_cnn']
@@ -35,8 +35,7 @@ class CifarCNN(nn.Module):
 
 
 @register_model
+@hub_loadable
 def cifar_cnn(pretrained: bool = False, **kwargs) -> CifarCNN:
     """Small CIFAR CNN (eatai's demo model)."""
-    if pretrained:
-        raise ValueError("cifar_cnn has no pretrained weights on a hub: load eatai's bundled checkpoint instead")
     return CifarCNN(**model_kwargs('cifar_cnn', kwargs, {'num_classes', 'width', 'in_chans'}))

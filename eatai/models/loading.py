@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .checkpoint import build_model, is_eatai_checkpoint, is_safetensors_file, load_checkpoint
+from .hub import is_export_config, load_export, read_export_config
 from .weights import load_state_dict_file, load_weights
 from .zoo import is_zoo_id, load_zoo_model
 
@@ -80,14 +81,27 @@ def _from_file(path: Path, weights, mean, std) -> nn.Module:
     return load_checkpoint(path)
 
 
+def _from_export(source, weights, mean, std, cache_dir=None, **kwargs) -> nn.Module:
+    if weights is not None or mean is not None or std is not None or kwargs:
+        given = [k for k, v in (('weights', weights), ('mean', mean), ('std', std)) if v is not None] + sorted(kwargs)
+        raise ValueError(f"an exported model carries its own architecture, weights and normalisation: "
+                         f"{', '.join(given)} cannot be given with {source}")
+    return load_export(source if isinstance(source, str) else Path(source), cache_dir=cache_dir)
+
+
 def load_model(arch, weights=None, num_classes: int = 10, mean=None, std=None, trusted: bool = False,
                **kwargs) -> nn.Module:
     """A model that takes [0,1] inputs, from `arch`: an existing checkpoint file (eatai's format, .pt
-    or .safetensors); else a timm name (built with `build_model`, `kwargs` to timm; `weights`, a file
-    or state dict, loaded into the inner model); else an id of eatai's model zoo (`kwargs`: dataset,
-    threat_model, progress; downloaded once into the cache, no robustbench needed); else another
+    or .safetensors); else an exported folder ('<folder>', 'local-dir:<folder>') or Hub repo
+    ('hf-hub:<org>/<name>', `kwargs`: cache_dir) written by `export_model`; else a timm name (built with
+    `build_model`, `kwargs` to timm; `weights`, a file or state dict, loaded into the inner model); else an
+    id of eatai's model zoo (`kwargs`: dataset, threat_model, progress; downloaded once into the cache, no
+    robustbench needed); else another
     RobustBench id, through the robustbench package (`kwargs`: dataset, threat_model, model_dir)."""
     path = Path(str(arch)).expanduser()
+    exported = path.is_dir() and (isinstance(arch, Path) or not timm.is_model(arch))   # a timm name wins
+    if exported or (isinstance(arch, str) and arch.startswith('local-dir:')):
+        return _from_export(arch, weights, mean, std, **kwargs)
     if isinstance(arch, Path) or path.is_file() or path.suffix in ('.pt', '.pth', '.safetensors'):
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint file at {path}")
@@ -95,6 +109,8 @@ def load_model(arch, weights=None, num_classes: int = 10, mean=None, std=None, t
     if not isinstance(arch, str):
         raise TypeError(f"arch must be a checkpoint path, a timm model name or a RobustBench id, "
                         f"got {type(arch).__name__}")
+    if arch.startswith(('hf-hub:', 'hf_hub:')) and is_export_config(read_export_config(arch, kwargs.get('cache_dir'))):
+        return _from_export(arch, weights, mean, std, **kwargs)
     if timm.is_model(arch) or arch.startswith(('hf-hub:', 'hf_hub:')):
         model = build_model(arch, num_classes, mean, std, **kwargs)
         if weights is not None:

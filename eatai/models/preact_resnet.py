@@ -27,7 +27,7 @@ from timm.models import register_model
 from torch import nn
 
 from ._activations import make_activation
-from ._registry import model_kwargs
+from ._registry import hub_loadable, model_kwargs
 from .normalize import CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = ['PreActBlock', 'PreActResNet', 'preact_resnet18', 'preact_resnet18_softplus']
@@ -88,18 +88,18 @@ class PreActResNet(nn.Module):
 
 
 def _create(name: str, pretrained: bool, kwargs: dict, **defaults) -> PreActResNet:
-    if pretrained:
-        raise ValueError(f"{name} has no pretrained weights on a hub: load a RobustBench or eatai checkpoint instead")
     return PreActResNet(**{**defaults, **model_kwargs(name, kwargs, {'num_classes', 'activation', 'layout'})})
 
 
 @register_model
+@hub_loadable
 def preact_resnet18(pretrained: bool = False, **kwargs) -> PreActResNet:
     """PreAct ResNet-18 for CIFAR (`activation`='relu'|'softplus'|'swish', `layout`='v2'|'v1')."""
     return _create('preact_resnet18', pretrained, kwargs)
 
 
 @register_model
+@hub_loadable
 def preact_resnet18_softplus(pretrained: bool = False, **kwargs) -> PreActResNet:
     """The paper's PreAct ResNet-18 (Table 1): softplus activations, layout 'v2'."""
     return _create('preact_resnet18_softplus', pretrained, kwargs, activation='softplus')

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from timm.models import register_model
 from torch import nn
 
-from ._registry import model_kwargs
+from ._registry import hub_loadable, model_kwargs
 from .normalize import CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = ['Bottleneck', 'ResNetCifar', 'resnet50_cifar']
@@ -71,8 +71,7 @@ class ResNetCifar(nn.Module):
 
 
 @register_model
+@hub_loadable
 def resnet50_cifar(pretrained: bool = False, **kwargs) -> ResNetCifar:
     """ResNet-50 for CIFAR (RobustBench layout: Engstrom2019Robustness, Augustin2020Adversarial)."""
-    if pretrained:
-        raise ValueError("resnet50_cifar has no pretrained weights on a hub: load a RobustBench or eatai checkpoint instead")
     return ResNetCifar(**model_kwargs('resnet50_cifar', kwargs, {'num_classes'}))

@@ -18,7 +18,7 @@ from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.xcit import Xcit
 
-from ._registry import model_kwargs
+from ._registry import hub_loadable, model_kwargs
 from .normalize import CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = ['check_patch_size', 'vit_small_patch4_32', 'xcit_small_12_p4_32', 'xcit_medium_12_p4_32',
@@ -44,15 +44,10 @@ def _cfg(num_classes: int) -> dict:
     return dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, input_size=(3, 32, 32), num_classes=num_classes)
 
 
-def _no_pretrained(name: str, pretrained: bool) -> None:
-    if pretrained:
-        raise ValueError(f"{name} has no pretrained weights on a hub: load a zoo id (eatai.zoo) or a checkpoint instead")
-
-
 @register_model
+@hub_loadable
 def vit_small_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT-S/4 for 32x32 inputs (timm's ViT-S with 4x4 patches)."""
-    _no_pretrained('vit_small_patch4_32', pretrained)
     args = dict(img_size=32, patch_size=4, embed_dim=384, depth=12, num_heads=6, num_classes=10)
     args.update(model_kwargs('vit_small_patch4_32', kwargs, _VIT_KWARGS))
     check_patch_size(args['img_size'], args['patch_size'], 'vit_small_patch4_32')
@@ -62,7 +57,6 @@ def vit_small_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer
 
 
 def _xcit_p4(name: str, pretrained: bool, kwargs: dict, **defaults) -> Xcit:
-    _no_pretrained(name, pretrained)
     args = dict(num_classes=10, eta=1.0, tokens_norm=True, **defaults)
     args.update(model_kwargs(name, kwargs, _XCIT_KWARGS))
     if args['embed_dim'] % 8:   # the conv stem's first width is embed_dim / 8
@@ -78,18 +72,21 @@ def _xcit_p4(name: str, pretrained: bool, kwargs: dict, **defaults) -> Xcit:
 
 
 @register_model
+@hub_loadable
 def xcit_small_12_p4_32(pretrained: bool = False, **kwargs) -> Xcit:
     """XCiT-S12/4 for 32x32 inputs (Debenedetti2022Light_XCiT-S12)."""
     return _xcit_p4('xcit_small_12_p4_32', pretrained, kwargs, embed_dim=384, depth=12, num_heads=8)
 
 
 @register_model
+@hub_loadable
 def xcit_medium_12_p4_32(pretrained: bool = False, **kwargs) -> Xcit:
     """XCiT-M12/4 for 32x32 inputs (Debenedetti2022Light_XCiT-M12)."""
     return _xcit_p4('xcit_medium_12_p4_32', pretrained, kwargs, embed_dim=512, depth=12, num_heads=8)
 
 
 @register_model
+@hub_loadable
 def xcit_large_12_p4_32(pretrained: bool = False, **kwargs) -> Xcit:
     """XCiT-L12/4 for 32x32 inputs (Debenedetti2022Light_XCiT-L12)."""
     return _xcit_p4('xcit_large_12_p4_32', pretrained, kwargs, embed_dim=768, depth=12, num_heads=16)

@@ -31,7 +31,7 @@ from timm.models import register_model
 from torch import nn
 
 from ._activations import make_activation
-from ._registry import model_kwargs
+from ._registry import hub_loadable, model_kwargs
 from .normalize import CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = ['WideBasicBlock', 'WideResNet', 'DMBlock', 'DMWideResNet',
@@ -186,8 +186,6 @@ class DMWideResNet(nn.Module):
 
 
 def _create(cls, name: str, pretrained: bool, kwargs: dict, allowed: set, **arch) -> nn.Module:
-    if pretrained:
-        raise ValueError(f"{name} has no pretrained weights on a hub: load a RobustBench or eatai checkpoint instead")
     return cls(**arch, **model_kwargs(name, kwargs, allowed))
 
 
@@ -196,36 +194,42 @@ _DM_KWARGS = {'num_classes', 'activation', 'mean', 'std'}
 
 
 @register_model
+@hub_loadable
 def wrn_28_10(pretrained: bool = False, **kwargs) -> WideResNet:
     """WRN-28-10, RobustBench/TRADES layout (e.g. Carmon2019Unlabeled with `sub_block1=True`)."""
     return _create(WideResNet, 'wrn_28_10', pretrained, kwargs, _WRN_KWARGS, depth=28, widen_factor=10)
 
 
 @register_model
+@hub_loadable
 def wrn_34_20(pretrained: bool = False, **kwargs) -> WideResNet:
     """WRN-34-20, RobustBench/TRADES layout (e.g. Rice2020Overfitting)."""
     return _create(WideResNet, 'wrn_34_20', pretrained, kwargs, _WRN_KWARGS, depth=34, widen_factor=20)
 
 
 @register_model
+@hub_loadable
 def wrn_70_16(pretrained: bool = False, **kwargs) -> WideResNet:
     """WRN-70-16, RobustBench/TRADES layout (e.g. Jia2022LAS-AT_70_16); Gowal/Rebuffi models are `wrn_70_16_dm`."""
     return _create(WideResNet, 'wrn_70_16', pretrained, kwargs, _WRN_KWARGS, depth=70, widen_factor=16)
 
 
 @register_model
+@hub_loadable
 def wrn_28_10_dm(pretrained: bool = False, **kwargs) -> DMWideResNet:
     """WRN-28-10, DeepMind layout, Swish (Gowal2020Uncovering_28_10_extra, Rebuffi2021Fixing_28_10_cutmix_ddpm)."""
     return _create(DMWideResNet, 'wrn_28_10_dm', pretrained, kwargs, _DM_KWARGS, depth=28, width=10)
 
 
 @register_model
+@hub_loadable
 def wrn_34_20_dm(pretrained: bool = False, **kwargs) -> DMWideResNet:
     """WRN-34-20, DeepMind layout, Swish (Gowal2020Uncovering_34_20)."""
     return _create(DMWideResNet, 'wrn_34_20_dm', pretrained, kwargs, _DM_KWARGS, depth=34, width=20)
 
 
 @register_model
+@hub_loadable
 def wrn_70_16_dm(pretrained: bool = False, **kwargs) -> DMWideResNet:
     """WRN-70-16, DeepMind layout, Swish (Gowal2020Uncovering_70_16*, Rebuffi2021Fixing_70_16_*)."""
     return _create(DMWideResNet, 'wrn_70_16_dm', pretrained, kwargs, _DM_KWARGS, depth=70, width=16)
